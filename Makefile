@@ -1,0 +1,32 @@
+# Every target creates .venv from requirements.txt when it is missing and reuses it otherwise.
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.requirements-installed
+ROOT ?= runs/reproduce
+BENCH_OUT ?= runs/bench.json
+
+.PHONY: venv test reproduce bench smoke clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install --upgrade --quiet pip
+	$(VPY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(VPY) -m pytest tests -q
+
+reproduce: $(STAMP)
+	$(VPY) -m experiments.reproduce --root=$(ROOT)
+
+bench: $(STAMP)
+	$(VPY) -m experiments.bench all --out=$(BENCH_OUT)
+
+smoke: $(STAMP)
+	$(VPY) -m experiments.train --gin_file=gin/smoke.gin --workdir=runs/smoke
+
+clean-venv:
+	rm -rf $(VENV)

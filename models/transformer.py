@@ -1,0 +1,235 @@
+"""Decoder-only Transformer language model, as in Kaplan et al. 2020 (GPT-2 style).
+
+Pre-LayerNorm blocks, learned position embeddings, GELU MLP, final LayerNorm, tied (default) or
+untied unembedding. Hyper-parameters use the paper's names: n_layer, d_model, d_ff, d_attn, n_heads,
+n_ctx (Kaplan §2.1, Table 1).
+
+Sharding follows the MaxText Linen idiom: every parameter is declared with
+``nn.with_logical_partitioning`` (names in models/axes.py) and activations are constrained with the
+separate ``activation_*`` names, so one rules table maps both onto the (data, fsdp, tensor) mesh.
+
+Call interface shared by every model family: ``logits = model.apply(params, tokens)`` with tokens
+int32 [batch, length <= n_ctx] and logits float32 [batch, length, vocab_size].
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from models import axes
+
+REMAT_POLICIES = {
+    "none": None,
+    # Recompute everything in the backward pass: least memory.
+    "full": jax.checkpoint_policies.nothing_saveable,
+    # Keep matmul outputs, recompute the cheap elementwise work (LayerNorm, GELU, softmax).
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    # Keep only matmuls without batch dims (weights x activations); recompute attention scores.
+    "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Hyper-parameters of one Transformer size (one gin file per size in gin/models/)."""
+
+    vocab_size: int = 4096
+    n_ctx: int = 256
+    n_layer: int = 4
+    d_model: int = 128
+    d_ff: int = 512          # Kaplan's default d_ff = 4 d_model
+    d_attn: int = 128        # Kaplan's default d_attn = d_model
+    n_heads: int = 4
+    dtype: str = "float32"        # compute dtype ("bfloat16" on accelerators)
+    param_dtype: str = "float32"  # storage dtype of the parameters (keep float32)
+    tie_embeddings: bool = True   # GPT-2 ties the unembedding to the token embedding
+    scan_layers: bool = False     # nn.scan over layers: O(1) compile time in n_layer
+    remat_policy: str = "none"    # one of REMAT_POLICIES
+    attention_impl: str | None = None  # jax.nn.dot_product_attention implementation: None, "xla", "cudnn"
+    init_std: float = 0.02        # GPT-2 initialiser
+    layer_norm_epsilon: float = 1e-5
+
+    family = "transformer"
+
+    def __post_init__(self):
+        for name in ("vocab_size", "n_ctx", "n_layer", "d_model", "d_ff", "d_attn", "n_heads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"TransformerConfig.{name} must be a positive int, got {value!r}")
+        if self.d_attn % self.n_heads:
+            raise ValueError(
+                f"TransformerConfig.d_attn={self.d_attn} must be divisible by n_heads={self.n_heads}")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"TransformerConfig.remat_policy={self.remat_policy!r}; "
+                             f"choose one of {sorted(REMAT_POLICIES)}")
+        jnp.dtype(self.dtype), jnp.dtype(self.param_dtype)  # raise early on a bad dtype name
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_attn // self.n_heads
+
+
+def _dense_init(config: TransformerConfig, logical_axes, std: float | None = None):
+    return nn.with_logical_partitioning(
+        nn.initializers.normal(stddev=config.init_std if std is None else std), logical_axes)
+
+
+def _zeros(logical_axes):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), logical_axes)
+
+
+def layer_norm(config: TransformerConfig, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_epsilon,
+        dtype=config.dtype,
+        param_dtype=config.param_dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (axes.NORM,)),
+        bias_init=_zeros((axes.NORM,)),
+        name=name,
+    )
+
+
+class CausalSelfAttention(nn.Module):
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        # Residual-path projections are scaled by 1/sqrt(2 n_layer) (GPT-2 §2.3).
+        out_std = cfg.init_std / (2 * cfg.n_layer) ** 0.5
+        qkv = nn.DenseGeneral(
+            features=(3, cfg.n_heads, cfg.head_dim),
+            dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+            kernel_init=_dense_init(cfg, (axes.EMBED, None, axes.HEADS, axes.KV)),
+            bias_init=_zeros((None, axes.HEADS, axes.KV)),
+            name="qkv",
+        )(x)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        act_heads = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS, axes.ACT_KV)
+        q, k, v = (nn.with_logical_constraint(t, act_heads) for t in (q, k, v))
+        # is_causal masks future positions: logits at t depend only on tokens <= t.
+        y = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=cfg.attention_impl)
+        y = nn.with_logical_constraint(y, act_heads)
+        y = nn.DenseGeneral(
+            features=cfg.d_model, axis=(-2, -1),
+            dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+            kernel_init=_dense_init(cfg, (axes.HEADS, axes.KV, axes.EMBED), std=out_std),
+            bias_init=_zeros((axes.EMBED,)),
+            name="out",
+        )(y)
+        return nn.with_logical_constraint(y, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
+
+
+class MLP(nn.Module):
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        out_std = cfg.init_std / (2 * cfg.n_layer) ** 0.5
+        h = nn.Dense(cfg.d_ff, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                     kernel_init=_dense_init(cfg, (axes.EMBED, axes.MLP)),
+                     bias_init=_zeros((axes.MLP,)), name="wi")(x)
+        h = nn.with_logical_constraint(h, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_MLP))
+        h = nn.gelu(h, approximate=True)  # GPT-2's tanh GELU
+        y = nn.Dense(cfg.d_model, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                     kernel_init=_dense_init(cfg, (axes.MLP, axes.EMBED), std=out_std),
+                     bias_init=_zeros((axes.EMBED,)), name="wo")(h)
+        return nn.with_logical_constraint(y, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
+
+
+class Block(nn.Module):
+    """Pre-LN residual block: x + attn(LN(x)), then x + mlp(LN(x))."""
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x, _=None):
+        x = x + CausalSelfAttention(self.config, name="attn")(layer_norm(self.config, "ln_1")(x))
+        x = x + MLP(self.config, name="mlp")(layer_norm(self.config, "ln_2")(x))
+        x = nn.with_logical_constraint(x, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
+        # The (carry, output) signature lets the same block run under nn.scan.
+        return x, None
+
+
+def remat_block(config: TransformerConfig, block_cls=Block):
+    """Wraps the block class in nn.remat according to config.remat_policy (identity for "none")."""
+    if config.remat_policy == "none":
+        return block_cls
+    # prevent_cse is unnecessary (and slows things down) inside scan.
+    return nn.remat(block_cls, policy=REMAT_POLICIES[config.remat_policy],
+                    prevent_cse=not config.scan_layers)
+
+
+class Embedder(nn.Module):
+    """Token + learned position embedding, and the (tied) unembedding."""
+
+    config: TransformerConfig
+
+    def setup(self):
+        cfg = self.config
+        self.token_embedding = nn.Embed(
+            cfg.vocab_size, cfg.d_model, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+            embedding_init=_dense_init(cfg, (axes.VOCAB, axes.EMBED)), name="wte")
+        self.position_embedding = self.param(
+            "wpe", _dense_init(cfg, (axes.POSITION, axes.EMBED), std=0.01),
+            (cfg.n_ctx, cfg.d_model), cfg.param_dtype)
+        if not cfg.tie_embeddings:
+            self.unembedding = nn.Dense(
+                cfg.vocab_size, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                kernel_init=_dense_init(cfg, (axes.EMBED, axes.VOCAB)), name="unembed")
+
+    def embed(self, tokens):
+        length = tokens.shape[1]
+        x = self.token_embedding(tokens) + self.position_embedding[:length].astype(self.config.dtype)
+        return nn.with_logical_constraint(x, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
+
+    def unembed(self, x):
+        logits = self.token_embedding.attend(x) if self.config.tie_embeddings else self.unembedding(x)
+        # The loss is computed in float32 whatever the compute dtype.
+        logits = logits.astype(jnp.float32)
+        return nn.with_logical_constraint(logits, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_VOCAB))
+
+
+def apply_layers(x, config: TransformerConfig, n_layers: int, block_cls=Block, name_prefix="h"):
+    """Runs n_layers distinct blocks, unrolled or as one nn.scan (params stacked on a 'layers' axis)."""
+    block = remat_block(config, block_cls)
+    if config.scan_layers:
+        scanned = nn.scan(
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            length=n_layers,
+            metadata_params={nn.PARTITION_NAME: axes.LAYERS},
+        )
+        x, _ = scanned(config, name=name_prefix)(x, None)
+        return x
+    for i in range(n_layers):
+        x, _ = block(config, name=f"{name_prefix}_{i}")(x, None)
+    return x
+
+
+def check_tokens(tokens, n_ctx: int):
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be [batch, length], got shape {tokens.shape}")
+    if tokens.shape[1] > n_ctx:
+        raise ValueError(f"sequence length {tokens.shape[1]} exceeds n_ctx={n_ctx}; "
+                         f"raise n_ctx in the model config or feed shorter windows")
+
+
+class Transformer(nn.Module):
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, tokens):
+        cfg = self.config
+        check_tokens(tokens, cfg.n_ctx)
+        embedder = Embedder(cfg, name="embedder")
+        x = embedder.embed(tokens)
+        x = apply_layers(x, cfg, cfg.n_layer)
+        x = layer_norm(cfg, "ln_f")(x)
+        return embedder.unembed(x)
+

@@ -1,0 +1,117 @@
+"""Behaviour of the three model families: causality, scan/remat equivalence, shared parameters."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+from flax.core import meta
+
+from models import build_model
+from models.lstm import LSTMConfig
+from models.recurrent_transformer import RecurrentTransformerConfig
+from models.transformer import TransformerConfig
+
+TINY = dict(vocab_size=97, n_ctx=16, n_layer=2, d_model=32, d_ff=64, d_attn=32, n_heads=4)
+
+FAMILIES = {
+    "transformer": TransformerConfig(**TINY),
+    "transformer_scan_remat": TransformerConfig(**TINY, scan_layers=True, remat_policy="full"),
+    "recurrent": RecurrentTransformerConfig(**{**TINY, "n_layer": 1}, n_recurrence=3),
+    "recurrent_scan": RecurrentTransformerConfig(**{**TINY, "n_layer": 1}, n_recurrence=3, scan_layers=True),
+    "lstm": LSTMConfig(vocab_size=97, n_ctx=16, n_layer=2, d_model=32),
+}
+
+
+def init(config, batch=2):
+    model = build_model(config)
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (batch, config.n_ctx), 0, config.vocab_size)
+    params = meta.unbox(model.init(jax.random.PRNGKey(0), tokens))
+    return model, params, tokens
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_logits_at_t_ignore_tokens_after_t(name):
+    model, params, tokens = init(FAMILIES[name])
+    logits = model.apply(params, tokens)
+    assert logits.shape == (2, 16, 97) and logits.dtype == jnp.float32
+    t = 7
+    changed = tokens.at[:, t + 1:].set((tokens[:, t + 1:] + 5) % 97)
+    logits_changed = model.apply(params, changed)
+    np.testing.assert_allclose(logits_changed[:, :t + 1], logits[:, :t + 1], rtol=1e-5, atol=1e-6)
+    # ...and the future positions do react, so the check above is not vacuous.
+    assert float(jnp.max(jnp.abs(logits_changed[:, t + 1:] - logits[:, t + 1:]))) > 1e-4
+    # Changing token t itself changes the logits at t.
+    changed_t = tokens.at[:, t].set((tokens[:, t] + 1) % 97)
+    assert float(jnp.max(jnp.abs(model.apply(params, changed_t)[:, t] - logits[:, t]))) > 1e-4
+
+
+def test_scan_over_layers_equals_unrolled_layers():
+    unrolled_cfg = TransformerConfig(**TINY)
+    scanned_cfg = TransformerConfig(**TINY, scan_layers=True)
+    model, params, tokens = init(unrolled_cfg)
+    p = params["params"]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[p[f"h_{i}"] for i in range(TINY["n_layer"])])
+    scanned_params = {"params": {"embedder": p["embedder"], "ln_f": p["ln_f"], "h": stacked}}
+    np.testing.assert_allclose(build_model(scanned_cfg).apply(scanned_params, tokens),
+                               model.apply(params, tokens), rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("policy", ["full", "dots", "dots_with_no_batch_dims"])
+def test_remat_policies_give_identical_gradients(policy):
+    model, params, tokens = init(TransformerConfig(**TINY))
+    remat_model = build_model(TransformerConfig(**TINY, remat_policy=policy))
+
+    def loss(m, p):
+        return jnp.mean(jax.nn.logsumexp(m.apply(p, tokens), axis=-1))
+
+    g_plain = jax.grad(lambda p: loss(model, p))(params)
+    g_remat = jax.grad(lambda p: loss(remat_model, p))(params)
+    for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def _as_transformer_params(recurrent_params, n_layer, n_recurrence):
+    p = recurrent_params["params"]
+    blocks = {f"h_{r * n_layer + i}": p["stack"][f"h_{i}"] for r in range(n_recurrence) for i in range(n_layer)}
+    return {"params": {"embedder": p["embedder"], "ln_f": p["ln_f"], **blocks}}
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_recurrent_transformer_equals_deep_transformer_with_copied_blocks(scan):
+    cfg = RecurrentTransformerConfig(**{**TINY, "n_layer": 2}, n_recurrence=2, scan_layers=scan)
+    model, params, tokens = init(cfg)
+    # One set of shared blocks: parameters do not grow with n_recurrence.
+    assert sorted(params["params"]["stack"]) == ["h_0", "h_1"]
+    deep = build_model(TransformerConfig(**{**TINY, "n_layer": 4}))
+    np.testing.assert_allclose(model.apply(params, tokens),
+                               deep.apply(_as_transformer_params(params, 2, 2), tokens), rtol=2e-5, atol=2e-5)
+
+
+def test_lstm_carries_information_across_the_whole_context():
+    model, params, tokens = init(FAMILIES["lstm"])
+    changed = tokens.at[:, 0].set((tokens[:, 0] + 1) % 97)
+    # The first token influences the last position's prediction through the recurrent state.
+    delta = jnp.abs(model.apply(params, changed)[:, -1] - model.apply(params, tokens)[:, -1])
+    assert float(jnp.max(delta)) > 1e-6
+
+
+def test_sequence_longer_than_context_is_a_clear_error():
+    model, params, _ = init(FAMILIES["transformer"])
+    with pytest.raises(ValueError, match="exceeds n_ctx=16"):
+        model.apply(params, jnp.zeros((1, 17), jnp.int32))
+
+
+def test_bad_config_is_a_clear_error():
+    with pytest.raises(ValueError, match="divisible by n_heads"):
+        TransformerConfig(**{**TINY, "n_heads": 5})
+    with pytest.raises(ValueError, match="remat_policy"):
+        TransformerConfig(**TINY, remat_policy="sometimes")
+    with pytest.raises(TypeError, match="unknown model config"):
+        build_model(object())
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+    cfg = TransformerConfig(**TINY, dtype="bfloat16")
+    model, params, tokens = init(cfg)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+    assert model.apply(params, tokens).dtype == jnp.float32
