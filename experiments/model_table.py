@@ -58,6 +58,9 @@ def model_rows(files=None) -> list[dict]:
             "train_flops_per_token_chinchilla": accounting.flops_per_token(config, "chinchilla", "train").flops,
             "train_flops_per_token_porian": accounting.flops_per_token(config, "porian", "train").flops,
         })
+    family_order = {"transformer": 0, "recurrent_transformer": 1, "lstm": 2}
+    rows.sort(key=lambda r: (r["file"].split("/")[-1].split("_")[0] == "paper",
+                             family_order[r["family"]], r["N_kaplan"]))
     return rows
 
 

@@ -179,3 +179,17 @@ def test_every_parameter_has_logical_axes_that_map_onto_a_mesh(config):
     assert sharded
     unsharded = jax.jit(module.apply)(meta.unbox(jax.device_get(params)), tokens)
     np.testing.assert_allclose(logits, unsharded, rtol=1e-5, atol=1e-5)
+
+
+def test_model_table_lists_every_gin_model_file():
+    import io
+
+    from experiments.model_table import model_gin_files, print_model_table
+
+    out = io.StringIO()
+    rows = print_model_table(out=out)
+    text = out.getvalue()
+    assert len(rows) == len(model_gin_files()) >= 8 + 9 + 2 + 2
+    for row in rows:
+        assert row["file"] in text
+    assert "84,934,656" in text  # paper_85m = GPT-2 small shape
