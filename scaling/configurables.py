@@ -16,6 +16,9 @@ RecurrentTransformerConfig = gin.external_configurable(
 
 # --- data ---------------------------------------------------------------------
 # (owned by data/: register DataConfig and any other data-side config classes here)
+from data import pipeline as data_pipeline
+
+DataConfig = gin.external_configurable(data_pipeline.DataConfig, "DataConfig")
 
 # --- loading helpers ----------------------------------------------------------
 import os as _os

@@ -1,0 +1,176 @@
+"""Plain-Python readers for text corpora: .txt, .jsonl, .jsonl.xz, .jsonl.gz (no TensorFlow).
+
+A *document* is one JSON object's text field (JSONL) or one whole file (.txt). Errors name the
+file and line and say what to do, because a bad corpus is the most common user mistake.
+
+The embedded corpora (shipped in data/corpora/, see their SOURCE.md) and the larger shared corpus
+(``../shared/data/corpus`` beside the repository) are described by `LocalCorpus` objects below;
+data/tasks.py turns them into seqio Tasks.
+"""
+import dataclasses
+import glob
+import gzip
+import hashlib
+import json
+import lzma
+import os
+from typing import Iterator, Sequence
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+EMBEDDED_DIR = os.path.join(PACKAGE_DIR, "corpora")
+REPO_ROOT = os.path.dirname(PACKAGE_DIR)
+# The larger corpora live beside the repository (``../shared/data``); SCALING_SHARED_DATA overrides.
+SHARED_DATA_DIR = os.environ.get("SCALING_SHARED_DATA", os.path.join(os.path.dirname(REPO_ROOT), "shared", "data"))
+
+SUPPORTED_SUFFIXES = (".txt", ".jsonl", ".jsonl.xz", ".jsonl.gz", ".json.xz", ".json.gz")
+
+
+def _open_binary(path: str):
+    """Opens a (possibly compressed) file for reading bytes; decoding is per line so errors name the line."""
+    if path.endswith(".xz"):
+        return lzma.open(path, "rb")
+    if path.endswith(".gz"):
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def check_suffix(path: str) -> None:
+    if not path.endswith(SUPPORTED_SUFFIXES):
+        raise ValueError(
+            f"{path}: unsupported corpus file type; use one of {', '.join(SUPPORTED_SUFFIXES)} "
+            "(JSON Lines with one {\"text\": ...} object per line, or plain UTF-8 text = one document per file)")
+
+
+def expand_paths(patterns: Sequence[str], *, what: str = "corpus") -> list[str]:
+    """Expands glob patterns (relative to cwd) into a sorted, de-duplicated file list.
+
+    Raises FileNotFoundError naming the pattern when a pattern matches nothing.
+    """
+    if isinstance(patterns, str):
+        patterns = (patterns,)
+    if not patterns:
+        raise ValueError(f"no {what} files given; set the file paths (e.g. DataConfig.train_files)")
+    files = []
+    for pattern in patterns:
+        pattern = os.path.expanduser(pattern)
+        matched = sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
+        if not matched:
+            raise FileNotFoundError(
+                f"{what} path {pattern!r} matches no file (cwd {os.getcwd()!r}); check the path, "
+                "or download the corpus (see data/corpora/*/SOURCE.md and ../shared/data/*/SOURCE.md)")
+        for path in matched:
+            check_suffix(path)
+            if path not in files:
+                files.append(path)
+    return files
+
+
+def read_documents(path: str, text_key: str = "text") -> Iterator[str]:
+    """Yields the documents of one file. Empty documents are skipped.
+
+    Raises ValueError naming file and line for invalid UTF-8, invalid JSON or a missing text key.
+    """
+    check_suffix(path)
+    try:
+        with _open_binary(path) as f:
+            if path.endswith(".txt"):
+                raw = f.read()
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    line_no = raw.count(b"\n", 0, e.start) + 1
+                    raise ValueError(f"{path}:{line_no}: not valid UTF-8 ({e.reason}); re-encode the file as UTF-8") from None
+                if text.strip():
+                    yield text
+                return
+            for line_no, raw_line in enumerate(f, start=1):
+                try:
+                    line = raw_line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise ValueError(f"{path}:{line_no}: not valid UTF-8 ({e.reason} at byte {e.start} of the line); "
+                                     "re-encode the file as UTF-8") from None
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg} at column {e.colno}); "
+                                     "each line must be one JSON object like {\"text\": \"...\"}") from None
+                if not isinstance(record, dict) or not isinstance(record.get(text_key), str):
+                    raise ValueError(f"{path}:{line_no}: expected a JSON object with a string field "
+                                     f"{text_key!r}; set the text key (DataConfig.text_key) or fix the file")
+                if record[text_key]:
+                    yield record[text_key]
+    except (lzma.LZMAError, gzip.BadGzipFile, EOFError) as e:
+        raise ValueError(f"{path}: corrupt compressed file ({e}); re-download or re-compress it") from None
+
+
+def iter_documents(files: Sequence[str], text_key: str = "text") -> Iterator[str]:
+    """Yields the documents of all files, in the given (sorted) order."""
+    for path in files:
+        yield from read_documents(path, text_key)
+
+
+def hash_files(files: Sequence[str]) -> str:
+    """sha256 over (basename, size, bytes) of each file: the corpus's content fingerprint."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(os.path.basename(path).encode() + b"\0" + str(os.path.getsize(path)).encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalCorpus:
+    """A corpus of local files: split name -> glob patterns (a split may be absent, e.g. eval-only)."""
+    name: str
+    splits: tuple[tuple[str, tuple[str, ...]], ...]   # (("train", (patterns...)), ("validation", ...))
+    text_key: str = "text"
+    description: str = ""
+
+    def patterns(self, split: str) -> tuple[str, ...]:
+        for name, patterns in self.splits:
+            if name == split:
+                return patterns
+        raise ValueError(f"corpus {self.name!r} has no {split!r} split (it has {[s for s, _ in self.splits]}); "
+                         "use a task with that split or give files for it")
+
+    def has_split(self, split: str) -> bool:
+        return any(name == split for name, _ in self.splits)
+
+    def files(self, split: str) -> list[str]:
+        return expand_paths(self.patterns(split), what=f"{self.name} {split}")
+
+    def documents(self, split: str) -> Iterator[str]:
+        return iter_documents(self.files(split), self.text_key)
+
+    def fingerprint(self, split: str) -> str:
+        return "files:" + hash_files(self.files(split))
+
+
+def embedded(subdir: str, split_file: str) -> str:
+    return os.path.join(EMBEDDED_DIR, subdir, split_file)
+
+
+BOOKS_MINI = LocalCorpus(
+    "books_mini",
+    (("train", (embedded("books-mini", "train-*.jsonl.xz"),)),
+     ("validation", (embedded("books-mini", "validation-*.jsonl.xz"),))),
+    description="Project Gutenberg book excerpts (public domain), embedded: 4.6 MB train, 0.3 MB validation")
+WIKI_MINI = LocalCorpus(
+    "wiki_mini",
+    (("validation", (embedded("wiki-mini", "validation-*.jsonl.xz"),)),),
+    description="Wikipedia (WikiText) article excerpts, CC BY-SA 3.0, embedded; evaluation only")
+BOOKS = LocalCorpus(
+    "books",
+    (("train", (os.path.join(SHARED_DATA_DIR, "corpus", "train-*.jsonl.xz"),)),
+     ("validation", (os.path.join(SHARED_DATA_DIR, "corpus", "validation-*.jsonl.xz"),))),
+    description="Project Gutenberg books (public domain), ../shared/data/corpus: 117 MB train, 3.2 MB validation")
+WIKI = LocalCorpus(
+    "wiki",
+    (("validation", (os.path.join(SHARED_DATA_DIR, "corpus-wiki", "validation-*.jsonl.xz"),)),),
+    description="Wikipedia (WikiText raw valid+test), ../shared/data/corpus-wiki, CC BY-SA 3.0; evaluation only")
+
+LOCAL_CORPORA = {c.name: c for c in (BOOKS_MINI, WIKI_MINI, BOOKS, WIKI)}

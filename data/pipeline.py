@@ -1,0 +1,170 @@
+"""The data pipeline the trainer calls: DataConfig -> build_data(...) -> LMData.
+
+corpus (local files / TFDS, as a seqio Task, data/tasks.py)
+  -> vocabulary (SentencePiece BPE trained on the train split, or bytes; data/vocab.py)
+  -> token cache (tokenized once on all cores, packed with EOS, memmap + manifest; data/cache.py)
+  -> TrainLoader.batch(step) (pure function of seed, step, batch, D; data/loader.py)
+  + fixed eval windows of the validation split and of extra tasks (transfer eval, Kaplan Fig. 8).
+
+Importing this module is cheap (no TensorFlow); `build_data` imports seqio/TF via data/tasks.py.
+"""
+import dataclasses
+import os
+
+import numpy as np
+
+from data import cache as cache_lib
+from data import loader as loader_lib
+from data import vocab as vocab_lib
+from data.loader import TrainLoader
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """What to train and evaluate on. Bind from gin as ``DataConfig.<field>`` (gin/data/*.gin)."""
+    task: str = "books_mini"              # seqio task (data/tasks.py): books_mini, books, lm1b, c4_en, local_files, ...
+    vocabulary: str = "spm"               # "spm" (SentencePiece BPE trained on the train split) or "byte"
+    vocab_size: int = 4096                # spm pieces incl. pad=0, eos=1, unk=2 (ignored for "byte": 259)
+    data_budget_tokens: int | None = None  # D: unique train tokens, a prefix of one global shuffled order
+    eval_tokens: int = 65536              # target tokens in the fixed held-out eval set (validation split)
+    extra_eval_tasks: tuple[str, ...] = ("wiki_mini",)  # other distributions evaluated with the same vocab
+    cache_dir: str = ".cache/scaling"     # vocab + token caches (relative to cwd unless absolute)
+    train_files: tuple[str, ...] = ()     # task="local_files": glob patterns of .txt/.jsonl/.jsonl.xz/.jsonl.gz
+    validation_files: tuple[str, ...] = ()
+    text_key: str = "text"                # JSONL field holding the text (local files)
+    tfds_data_dir: str | None = None      # TFDS data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)
+    max_train_documents: int | None = None  # tokenize only the first N train documents (huge TFDS sets)
+    max_eval_documents: int | None = None   # likewise for validation splits
+    vocab_training_chars: int = vocab_lib.DEFAULT_MAX_TRAINING_CHARS  # spm training sample size
+    subset_seed: int = 0                  # seeds the global window order (keep fixed across a sweep)
+    num_workers: int = 0                  # tokenizer processes; 0 = all available cores
+    prefetch: int = 4                     # batches the background thread keeps ready
+
+
+@dataclasses.dataclass
+class LMData:
+    vocab_size: int                       # model vocabulary size (seqio vocab.vocab_size)
+    train: TrainLoader
+    eval_windows: np.ndarray              # int32 [n_eval_windows, n_ctx+1]
+    eval_bytes_per_token: float           # UTF-8 bytes per target token of eval_windows
+    extra_evals: dict                     # name -> (windows, bytes_per_token)
+    manifest: dict                        # hashes and counts, for summary.json
+    encoder: vocab_lib.Encoder            # text <-> ids (decode samples, inspect batches)
+
+    def decode(self, ids) -> str:
+        return self.encoder.decode(ids)
+
+
+def _num_workers(config: DataConfig) -> int:
+    if config.num_workers > 0:
+        return config.num_workers
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def _validate(config: DataConfig, n_ctx: int, global_batch_size: int) -> None:
+    if config.vocabulary not in ("spm", "byte"):
+        raise ValueError(f"DataConfig.vocabulary must be 'spm' or 'byte', got {config.vocabulary!r}")
+    if n_ctx < 1:
+        raise ValueError(f"n_ctx must be >= 1, got {n_ctx}")
+    if global_batch_size < 1:
+        raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}")
+    if config.data_budget_tokens is not None and config.data_budget_tokens <= 0:
+        raise ValueError(f"DataConfig.data_budget_tokens (D) must be positive, got {config.data_budget_tokens}; "
+                         "use None for the whole corpus")
+    if config.eval_tokens < 1:
+        raise ValueError(f"DataConfig.eval_tokens must be positive, got {config.eval_tokens}")
+    if isinstance(config.extra_eval_tasks, str):
+        raise ValueError("DataConfig.extra_eval_tasks must be a tuple of task names, e.g. ('wiki_mini',)")
+
+
+def _resolve_task(tasks, name: str, config: DataConfig) -> str:
+    if name == "local_files":
+        if not config.train_files:
+            raise ValueError("task 'local_files' needs DataConfig.train_files (and validation_files): glob "
+                             "patterns of .txt/.jsonl/.jsonl.xz/.jsonl.gz files")
+        task = tasks.local_files_task_name(config.train_files, config.validation_files, config.text_key)
+        return tasks.register_local_files_task(task, config.train_files, config.validation_files, config.text_key)
+    if name.endswith(tuple(s for s in (".txt", ".jsonl", ".xz", ".gz"))):   # extra eval given as file pattern(s)
+        task = tasks.local_files_task_name((), (name,), config.text_key)
+        return tasks.register_local_files_task(task, (), (name,), config.text_key)
+    tasks.get_corpus(name)                 # unknown names fail here, listing the registered ones
+    return tasks.canonical_name(name)
+
+
+def build_data(config: DataConfig, *, n_ctx: int, global_batch_size: int, seed: int,
+               process_index: int = 0, process_count: int = 1) -> LMData:
+    """Builds (or loads from cache) everything the trainer needs for one run."""
+    _validate(config, n_ctx, global_batch_size)
+    from data import tasks  # pylint: disable=import-outside-toplevel  (seqio + TensorFlow)
+    cache_dir = os.path.abspath(os.path.expanduser(config.cache_dir))
+    workers = _num_workers(config)
+    task = _resolve_task(tasks, config.task, config)
+    if not tasks.has_split(task, "train"):
+        raise ValueError(f"task {config.task!r} has no train split (it is evaluation-only); "
+                         "use it in DataConfig.extra_eval_tasks and train on another task")
+    if not tasks.has_split(task, "validation"):
+        raise ValueError(f"task {config.task!r} has no validation split for the held-out eval set; "
+                         "give DataConfig.validation_files (held-out documents)")
+    data_dir = config.tfds_data_dir
+    train_fp = tasks.fingerprint(task, "train", data_dir=data_dir)
+    train_source = f"{train_fp}|first{config.max_train_documents}"
+
+    def train_docs():
+        return tasks.documents(task, "train", data_dir=data_dir, max_documents=config.max_train_documents)
+
+    model_path = None
+    if config.vocabulary == "spm":
+        model_path = vocab_lib.train_or_load_spm(train_docs, corpus_fingerprint=train_source,
+                                                 vocab_size=config.vocab_size, cache_dir=cache_dir,
+                                                 max_chars=config.vocab_training_chars)
+    encoder = vocab_lib.make_encoder(config.vocabulary, model_path)
+    vocab_fp = vocab_lib.vocab_fingerprint(config.vocabulary, model_path)
+    seqio_task = tasks.get_task(task, config.vocabulary, model_path)
+    vocab_size = seqio_task.output_features["targets"].vocabulary.vocab_size
+    token_bytes = encoder.token_bytes()
+
+    def split_cache(name: str, split: str, fp: str, docs_fn, max_docs):
+        description = dict(task=name, split=split, corpus=fp, max_documents=max_docs, vocabulary=vocab_fp)
+        return cache_lib.get_or_build(cache_dir, description, docs_fn, encoder, num_workers=workers,
+                                      desc=f"tokenize {name}/{split}")
+
+    train_cache = split_cache(task, "train", train_fp, train_docs, config.max_train_documents)
+    train = TrainLoader(train_cache.tokens, n_ctx=n_ctx, global_batch_size=global_batch_size, seed=seed,
+                        data_budget_tokens=config.data_budget_tokens, subset_seed=config.subset_seed,
+                        process_index=process_index, process_count=process_count, prefetch=config.prefetch)
+
+    def eval_set(name: str):
+        fp = tasks.fingerprint(name, "validation", data_dir=data_dir)
+        docs_fn = lambda: tasks.documents(name, "validation", data_dir=data_dir,  # noqa: E731
+                                          max_documents=config.max_eval_documents)
+        entry = split_cache(name, "validation", fp, docs_fn, config.max_eval_documents)
+        windows = loader_lib.eval_windows(entry.tokens, n_ctx, config.eval_tokens, what=f"{name} validation")
+        return entry, windows, loader_lib.bytes_per_token(windows, token_bytes), fp
+
+    val_cache, eval_windows, eval_bpt, val_fp = eval_set(task)
+    extra_evals, extra_manifest = {}, {}
+    for extra in config.extra_eval_tasks:
+        name = _resolve_task(tasks, extra, config)
+        entry, windows, bpt, fp = eval_set(name)
+        extra_evals[extra] = (windows, bpt)
+        extra_manifest[extra] = dict(task=name, corpus_hash=fp, tokens=entry.n_tokens, documents=entry.manifest["n_documents"],
+                                     eval_windows=len(windows), eval_tokens=int(windows[:, 1:].size),
+                                     bytes_per_token=bpt, cache=entry.path)
+
+    manifest = dict(
+        task=config.task, seqio_task=seqio_task.name, vocabulary=config.vocabulary, vocab_size=int(vocab_size),
+        vocab_hash=vocab_fp, vocab_model=model_path, corpus_hash_train=train_fp, corpus_hash_validation=val_fp,
+        n_ctx=n_ctx, tokens_per_window=n_ctx + 1, train_tokens=train_cache.n_tokens,
+        train_documents=train_cache.manifest["n_documents"], train_bytes=train_cache.manifest["n_bytes"],
+        train_bytes_per_token=train_cache.manifest["bytes_per_token"], train_windows=train.n_windows_total,
+        windows_per_epoch=train.windows_per_epoch, data_budget_tokens=config.data_budget_tokens,
+        unique_train_tokens=train.unique_tokens, subset_seed=config.subset_seed, seed=seed,
+        global_batch_size=global_batch_size, process_count=process_count,
+        eval_windows=len(eval_windows), eval_tokens=int(eval_windows[:, 1:].size),
+        eval_bytes_per_token=eval_bpt, validation_tokens=val_cache.n_tokens,
+        train_cache=train_cache.path, validation_cache=val_cache.path, extra_evals=extra_manifest)
+    return LMData(vocab_size=int(vocab_size), train=train, eval_windows=eval_windows, eval_bytes_per_token=eval_bpt,
+                  extra_evals=extra_evals, manifest=manifest, encoder=encoder)
