@@ -92,6 +92,31 @@ def layer_norm(config: TransformerConfig, name: str) -> nn.LayerNorm:
     )
 
 
+class Projection(nn.Module):
+    """A weight tensor of any rank applied with one einsum, plus a bias.
+
+    nn.DenseGeneral would flatten multi-axis kernels to 2-D inside its initializer, where a 4-name
+    logical constraint cannot apply; declaring the kernel at its full shape keeps every axis named.
+    """
+
+    config: TransformerConfig
+    equation: str
+    kernel_shape: tuple
+    kernel_axes: tuple
+    bias_shape: tuple
+    bias_axes: tuple
+    std: float | None = None
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        kernel = self.param("kernel", _dense_init(cfg, self.kernel_axes, self.std), self.kernel_shape,
+                            cfg.param_dtype)
+        bias = self.param("bias", _zeros(self.bias_axes), self.bias_shape, cfg.param_dtype)
+        y = jnp.einsum(self.equation, x.astype(cfg.dtype), kernel.astype(cfg.dtype))
+        return y + bias.astype(cfg.dtype)
+
+
 class CausalSelfAttention(nn.Module):
     config: TransformerConfig
 
@@ -100,26 +125,18 @@ class CausalSelfAttention(nn.Module):
         cfg = self.config
         # Residual-path projections are scaled by 1/sqrt(2 n_layer) (GPT-2 §2.3).
         out_std = cfg.init_std / (2 * cfg.n_layer) ** 0.5
-        qkv = nn.DenseGeneral(
-            features=(3, cfg.n_heads, cfg.head_dim),
-            dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-            kernel_init=_dense_init(cfg, (axes.EMBED, None, axes.HEADS, axes.KV)),
-            bias_init=_zeros((None, axes.HEADS, axes.KV)),
-            name="qkv",
-        )(x)
+        qkv = Projection(cfg, "btd,dkhe->btkhe", (cfg.d_model, 3, cfg.n_heads, cfg.head_dim),
+                         (axes.EMBED, None, axes.HEADS, axes.KV), (3, cfg.n_heads, cfg.head_dim),
+                         (None, axes.HEADS, axes.KV), name="qkv")(x)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         act_heads = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS, axes.ACT_KV)
         q, k, v = (nn.with_logical_constraint(t, act_heads) for t in (q, k, v))
         # is_causal masks future positions: logits at t depend only on tokens <= t.
         y = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=cfg.attention_impl)
         y = nn.with_logical_constraint(y, act_heads)
-        y = nn.DenseGeneral(
-            features=cfg.d_model, axis=(-2, -1),
-            dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-            kernel_init=_dense_init(cfg, (axes.HEADS, axes.KV, axes.EMBED), std=out_std),
-            bias_init=_zeros((axes.EMBED,)),
-            name="out",
-        )(y)
+        y = Projection(cfg, "bthe,hed->btd", (cfg.n_heads, cfg.head_dim, cfg.d_model),
+                       (axes.HEADS, axes.KV, axes.EMBED), (cfg.d_model,), (axes.EMBED,),
+                       std=out_std, name="out")(y)
         return nn.with_logical_constraint(y, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
 
 

@@ -169,7 +169,8 @@ def test_every_parameter_has_logical_axes_that_map_onto_a_mesh(config):
     specs = nn.get_partition_spec(boxed)
     shardings = nn.logical_to_mesh_sharding(specs, mesh, axes.DEFAULT_RULES)
     tokens = jnp.zeros((8, config.n_ctx), jnp.int32)
-    with mesh, nn.logical_axis_rules(axes.DEFAULT_RULES):
+    # jax.set_mesh makes every activation constraint bind (a rank mismatch would raise here).
+    with jax.set_mesh(mesh), nn.logical_axis_rules(axes.DEFAULT_RULES):
         params = jax.jit(module.init, out_shardings=shardings)(jax.random.PRNGKey(0), tokens)
         logits = jax.jit(module.apply)(params, tokens)
     assert logits.shape == (8, 16, 64)

@@ -1,0 +1,106 @@
+"""Gin-configurable settings of one training run: `TrainConfig` (the run) and `MeshConfig` (devices).
+
+Gin files bind ``TrainConfig.model = @TransformerConfig()``, ``TrainConfig.batch_size = 64``, ... (see
+gin/smoke.gin, gin/optim/*.gin). Everything the trainer does is a pure function of these two frozen
+dataclasses plus the data; the operative config is written to ``config.gin`` in the workdir.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import gin
+
+OPTIMIZERS = ("adam", "adamw", "adafactor")
+SCHEDULES = ("cosine", "constant", "wsd")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Sizes of the ('data', 'fsdp', 'tensor') device mesh; exactly one may be -1 (= the remaining devices).
+
+    The batch is split over data × fsdp (activation_batch -> ('data', 'fsdp')); fsdp also shards the
+    weights' embed dimension and tensor the wide ones (mlp, heads, vocab); see models/axes.py.
+    """
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    # Extra (logical name, mesh axis | tuple | None) pairs that override models.axes.DEFAULT_RULES.
+    rules_override: tuple = ()
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Steps are optimizer steps; batch_size is global, in sequences of n_ctx tokens."""
+
+    model: Any = None               # a model config (TransformerConfig, LSTMConfig, ...); required
+    data: Any = None                # data.pipeline.DataConfig; None = its defaults
+    batch_size: int = 32            # global batch in sequences (B_tokens = batch_size * n_ctx)
+    num_steps: int = 1000           # optimizer steps S
+    seed: int = 0                   # parameter init and data order
+
+    # Optimizer (Kaplan §2.2 / App. D.6): Adam β1 0.9, β2 0.95, clip 1.0, warmup then cosine to zero.
+    optimizer: str = "adam"         # one of OPTIMIZERS
+    learning_rate: float | None = None  # peak LR; None = Kaplan eq. D.1 from N
+    warmup_steps: int | None = None     # None = min(3000, num_steps // 10) (Kaplan: 3000 steps)
+    schedule: str = "cosine"        # one of SCHEDULES
+    decay_fraction: float = 0.2     # wsd: fraction of the run spent decaying linearly to zero
+    final_lr_fraction: float = 0.0  # cosine/wsd decay to this fraction of the peak (Kaplan: 0)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.0       # adamw / adafactor decoupled weight decay
+    grad_clip: float = 1.0          # global-norm clipping (Adam); Adafactor uses update clipping too
+    adafactor_min_dim_to_factor: int = 128  # factor the second moment of matrices with both dims >= this
+    microbatches: int = 1           # gradient accumulation: the batch is split into this many parts
+
+    # Evaluation, logging, checkpointing (all in optimizer steps).
+    eval_every: int = 500
+    eval_batch_size: int | None = None  # None = batch_size
+    eval_max_windows: int | None = None  # cap on held-out windows per eval (None = all of them)
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    async_checkpointing: bool = True
+    progress_bar: bool | None = None    # None = only when stderr is a terminal
+
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+
+    def __post_init__(self):
+        def positive(name):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"TrainConfig.{name} must be a positive int, got {value!r}")
+
+        for name in ("batch_size", "num_steps", "microbatches", "eval_every", "log_every",
+                     "checkpoint_every", "keep_checkpoints"):
+            positive(name)
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"TrainConfig.optimizer={self.optimizer!r}; choose one of {OPTIMIZERS}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"TrainConfig.schedule={self.schedule!r}; choose one of {SCHEDULES}")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ValueError(f"TrainConfig.learning_rate must be > 0 (or None for Kaplan eq. D.1), "
+                             f"got {self.learning_rate!r}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError(f"TrainConfig.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.decay_fraction <= 1.0:
+            raise ValueError(f"TrainConfig.decay_fraction must be in [0, 1], got {self.decay_fraction}")
+        if self.batch_size % self.microbatches:
+            raise ValueError(f"TrainConfig.batch_size={self.batch_size} is not divisible by "
+                             f"TrainConfig.microbatches={self.microbatches}")
+        if self.eval_batch_size is not None and self.eval_batch_size <= 0:
+            raise ValueError(f"TrainConfig.eval_batch_size must be positive, got {self.eval_batch_size}")
+
+    @property
+    def resolved_warmup_steps(self) -> int:
+        if self.warmup_steps is not None:
+            return min(self.warmup_steps, self.num_steps)
+        return min(3000, self.num_steps // 10)
+
+    @property
+    def resolved_eval_batch_size(self) -> int:
+        return self.eval_batch_size or self.batch_size

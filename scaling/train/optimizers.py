@@ -1,0 +1,97 @@
+"""Optimizers and learning-rate schedules (optax), with Kaplan et al. 2020's defaults.
+
+Kaplan App. D.6 / §2.2: Adam with β1 = 0.9, β2 = 0.95, global-norm clipping at 1.0, a linear warmup
+(3000 steps) then cosine decay to zero over the run; Adafactor for the largest models. The default
+peak learning rate follows eq. D.1, LR(N) ≈ 0.003239 − 0.0001395·log N.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from scaling.train.config import TrainConfig
+
+Schedule = Callable[[jax.Array], jax.Array]
+
+
+def kaplan_learning_rate(n_nonembedding: int) -> float:
+    """Kaplan eq. D.1: LR(N) ≈ 0.003239 − 0.0001395·ln N (fit over their Adam runs, N non-embedding)."""
+    if n_nonembedding <= 0:
+        raise ValueError(f"kaplan_learning_rate: N must be positive, got {n_nonembedding}")
+    lr = 0.003239 - 0.0001395 * math.log(n_nonembedding)
+    if lr <= 0:
+        raise ValueError(f"Kaplan eq. D.1 gives a non-positive learning rate ({lr:.3g}) for N={n_nonembedding:.3g} "
+                         f"(the fit only covers N up to ~1e9); set TrainConfig.learning_rate explicitly")
+    return lr
+
+
+def make_schedule(kind: str, peak: float, num_steps: int, warmup_steps: int, *,
+                  decay_fraction: float = 0.2, final_fraction: float = 0.0) -> Schedule:
+    """LR as a function of the (0-based) optimizer step.
+
+    Warmup is linear and reaches ``peak`` at step warmup_steps − 1, so step 0 already moves
+    (lr = peak / warmup_steps). Then:
+      cosine:   cosine from peak to final_fraction·peak over the remaining steps of the run;
+      constant: peak until the end;
+      wsd:      warmup-stable-decay: peak until the last decay_fraction of the run, then linear to
+                final_fraction·peak at the end of the run.
+    """
+    if kind not in ("cosine", "constant", "wsd"):
+        raise ValueError(f"unknown schedule {kind!r}; choose cosine, constant or wsd")
+    final = peak * final_fraction
+    warmup_steps = max(0, min(warmup_steps, num_steps))
+    decay_steps = max(1, num_steps - warmup_steps)
+    wsd_decay = max(1, round(decay_fraction * num_steps))
+    wsd_start = num_steps - wsd_decay
+
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        warm = jnp.minimum(1.0, (step + 1.0) / max(1, warmup_steps)) if warmup_steps else 1.0
+        if kind == "constant":
+            return peak * warm
+        if kind == "cosine":
+            progress = jnp.clip((step - warmup_steps) / decay_steps, 0.0, 1.0)
+            decayed = final + (peak - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+            return jnp.where(step < warmup_steps, peak * warm, decayed)
+        progress = jnp.clip((step - wsd_start) / wsd_decay, 0.0, 1.0)
+        decayed = peak + (final - peak) * progress
+        return jnp.where(step < warmup_steps, peak * warm, decayed)
+
+    return schedule
+
+
+def _decay_mask(params):
+    # Decoupled weight decay on matrices only: biases, LayerNorm and other vectors are left alone.
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(config: TrainConfig, schedule: Schedule) -> optax.GradientTransformation:
+    """The optax transformation for TrainConfig.optimizer; global-norm clipping comes first."""
+    clip = optax.clip_by_global_norm(config.grad_clip) if config.grad_clip else optax.identity()
+    if config.optimizer in ("adam", "adamw"):
+        if config.optimizer == "adam" and config.weight_decay:
+            raise ValueError("TrainConfig.weight_decay is set but optimizer='adam'; use optimizer='adamw' "
+                             "for decoupled weight decay")
+        parts = [clip, optax.scale_by_adam(b1=config.beta1, b2=config.beta2, eps=config.eps)]
+        if config.weight_decay:
+            parts.append(optax.add_decayed_weights(config.weight_decay, mask=_decay_mask))
+        parts.append(optax.scale_by_learning_rate(schedule))
+        return optax.chain(*parts)
+    # Adafactor (Shazeer & Stern 2018): factored second moment for matrices whose two largest dims are
+    # >= adafactor_min_dim_to_factor. Without parameter-scale multiplication its LR is on Adam's scale,
+    # so eq. D.1 stays a sensible default. Its factored state is sharded by partitioning.opt_state_specs.
+    return optax.chain(
+        clip,
+        optax.adafactor(
+            learning_rate=schedule,
+            min_dim_size_to_factor=config.adafactor_min_dim_to_factor,
+            multiply_by_parameter_scale=False,
+            clipping_threshold=1.0,
+            weight_decay_rate=config.weight_decay or None,
+            weight_decay_mask=_decay_mask if config.weight_decay else None,
+        ),
+    )

@@ -1,0 +1,653 @@
+"""The training loop: one jitted, sharded step over a (data, fsdp, tensor) mesh; eval; checkpoints; logs.
+
+Data flow of a run (see WORKSPACE.md):
+
+    TrainConfig --> data.pipeline.build_data --> LMData (step-indexed loader, fixed eval windows)
+                --> models.build_model (vocab from the data) --> sharded init / orbax restore
+                --> loop: batch(step) -> train_step -> metrics.jsonl / TensorBoard / progress bar
+                          every eval_every: eval.jsonl (loss, bpb, loss per position, extra evals)
+                          every checkpoint_every and at the end: orbax checkpoint (async)
+                --> summary.json (N both conventions, FLOPs/token, tokens, C in PF-days, best eval, MFU)
+
+Steps are optimizer steps. Step s (1-based) consumes ``loader.batch(s - 1)``; a checkpoint at s holds
+the state after s updates and resumes with batch(s), so an interrupted and resumed run replays
+exactly the batches (and, on the same mesh, exactly the losses) of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+import models
+from models import accounting
+from scaling.train import checkpointing, metrics as metrics_lib, mfu as mfu_lib, optimizers, partitioning
+from scaling.train import eval as eval_lib
+from scaling.train.config import TrainConfig
+
+# Identical random init whatever the mesh: partitionable threefry draws the same numbers sharded
+# or not (the default in recent JAX; set explicitly so sharded and unsharded runs agree).
+jax.config.update("jax_threefry_partitionable", True)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or gradient norm became NaN/Inf; the last good checkpoint is kept."""
+
+    def __init__(self, step: int, value: float, what: str, last_checkpoint: int | None, directory: str):
+        self.step, self.value, self.last_checkpoint = step, value, last_checkpoint
+        kept = (f"the last good checkpoint is step {last_checkpoint} in {directory}" if last_checkpoint is not None
+                else "no checkpoint had been written yet")
+        super().__init__(f"{what} became {value} at step {step}; training stopped and {kept}. "
+                         f"Lower TrainConfig.learning_rate (or raise warmup_steps) and rerun to resume from it.")
+
+
+# --- the step ------------------------------------------------------------------------------------
+
+def cross_entropy(logits, targets):
+    """Mean next-token cross-entropy in nats (float32 whatever the compute dtype)."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets).mean()
+
+
+def _sqnorm(tree) -> jax.Array:
+    return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree))
+
+
+def make_grad_fn(apply_fn: Callable, microbatches: int) -> Callable:
+    """(params, windows [B, n_ctx+1]) -> (mean loss, mean gradient, noise-scale sums).
+
+    With K = microbatches > 1 the batch is split *strided* into K microbatches (row i goes to
+    microbatch i mod K, so each keeps the batch's data sharding), their mean-loss gradients are
+    summed in float32 by a lax.scan and divided by K: the same update as the whole batch, in 1/K of
+    the activation memory. The scan also yields the raw sums of the gradient noise scale
+    (McCandlish et al. 2018 App. A.1; design/noise-scale.md §1.3): S_small = mean_k |g_k|² over
+    microbatches of b = B/K sequences and S_big = |mean_k g_k|² at B sequences.
+    """
+
+    def loss_fn(params, windows):
+        logits = apply_fn(params, windows[:, :-1])
+        return cross_entropy(logits, windows[:, 1:])
+
+    value_and_grad = jax.value_and_grad(loss_fn)
+
+    def grads(params, windows):
+        if microbatches == 1:
+            loss, g = value_and_grad(params, windows)
+            return loss, g, {}
+        b = windows.shape[0] // microbatches
+        # [B, T] -> [K, b, T], microbatch k = rows k, k+K, k+2K, ...
+        split = jnp.swapaxes(windows.reshape(b, microbatches, *windows.shape[1:]), 0, 1)
+
+        def body(carry, mb):
+            loss_sum, g_sum, sq_sum = carry
+            loss, g = value_and_grad(params, mb)
+            g = jax.tree.map(lambda x: x.astype(jnp.float32), g)
+            return (loss_sum + loss, jax.tree.map(jnp.add, g_sum, g), sq_sum + _sqnorm(g)), None
+
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        (loss_sum, g_sum, sq_sum), _ = jax.lax.scan(body, (jnp.zeros(()), zeros, jnp.zeros(())), split)
+        g = jax.tree.map(lambda s, p: (s / microbatches).astype(p.dtype), g_sum, params)
+        gns = {"gns_s_small": sq_sum / microbatches, "gns_s_big": _sqnorm(g)}
+        return loss_sum / microbatches, g, gns
+
+    return grads
+
+
+def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, schedule: Callable,
+                    microbatches: int) -> Callable:
+    """state, windows -> new state, metrics. state = {step, params, opt_state, rng}."""
+    grads_fn = make_grad_fn(apply_fn, microbatches)
+
+    def train_step(state, windows):
+        loss, grads, extra = grads_fn(state["params"], windows)
+        grad_norm = optax.global_norm(grads)  # before clipping
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        new_state = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state)
+        step_metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]), **extra}
+        return new_state, step_metrics
+
+    return train_step
+
+
+# --- set-up --------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Run:
+    """Everything built once per run from TrainConfig, data and devices."""
+
+    config: TrainConfig
+    model_config: Any
+    model: nn.Module
+    mesh: jax.sharding.Mesh
+    rules: tuple
+    data: Any
+    learning_rate: float
+    warmup_steps: int
+    schedule: Callable
+    tx: optax.GradientTransformation
+    abstract_state: Any
+    state_shardings: Any
+    batch_sharding: NamedSharding
+    init_state: Callable
+    n_nonembedding: int
+    param_counts: dict
+
+
+def build_data(config: TrainConfig, n_ctx: int):
+    """LMData for the run from TrainConfig.data (DataConfig; None = its gin-bound defaults)."""
+    from data import pipeline  # data/ is imported lazily: tests may inject their own LMData
+    data_config = config.data
+    if data_config is None:
+        from scaling import configurables
+        # The gin-registered class applies DataConfig.* bindings; the plain one is the fallback.
+        data_config = getattr(configurables, "DataConfig", pipeline.DataConfig)()
+    return pipeline.build_data(data_config, n_ctx=n_ctx, global_batch_size=config.batch_size,
+                               seed=config.seed, process_index=jax.process_index(),
+                               process_count=jax.process_count())
+
+
+def setup(config: TrainConfig, *, data=None, devices: Sequence[jax.Device] | None = None) -> Run:
+    if config.model is None:
+        raise ValueError("TrainConfig.model is not set; include a model gin file (e.g. gin/models/cpu_55k.gin) "
+                         "or bind TrainConfig.model = @TransformerConfig()")
+    mesh = partitioning.make_mesh(config.mesh, devices)
+    rules = partitioning.logical_rules(config.mesh)
+    partitioning.check_batch_divisible(config.batch_size, mesh, rules)
+    if config.microbatches > 1:
+        partitioning.check_batch_divisible(config.batch_size // config.microbatches, mesh, rules,
+                                           what=f"the microbatch size (batch_size {config.batch_size} / "
+                                                f"microbatches {config.microbatches})")
+    partitioning.check_batch_divisible(config.resolved_eval_batch_size, mesh, rules,
+                                       what="TrainConfig.eval_batch_size")
+
+    n_ctx = config.model.n_ctx
+    if data is None:
+        data = build_data(config, n_ctx)
+    model_config = dataclasses.replace(config.model, vocab_size=int(data.vocab_size))
+    model = models.build_model(model_config)
+
+    # Abstract init: shapes and logical annotations only, no FLOPs.
+    tokens = jnp.zeros((1, n_ctx), jnp.int32)
+    abstract_vars = jax.eval_shape(model.init, jax.random.key(0), tokens)
+    if set(abstract_vars) != {"params"}:
+        raise ValueError(f"model has variable collections {sorted(abstract_vars)}; the trainer expects only 'params'")
+    specs = partitioning.param_specs(abstract_vars, rules)["params"]
+    abstract_params = nn.unbox(abstract_vars)["params"]
+
+    n_nonembedding = accounting.nonembedding_params(model_config)
+    learning_rate = config.learning_rate or optimizers.kaplan_learning_rate(n_nonembedding)
+    warmup = config.resolved_warmup_steps
+    schedule = optimizers.make_schedule(config.schedule, learning_rate, config.num_steps, warmup,
+                                        decay_fraction=config.decay_fraction,
+                                        final_fraction=config.final_lr_fraction)
+    tx = optimizers.make_optimizer(config, schedule)
+
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    opt_specs = partitioning.opt_state_specs(abstract_opt, specs, abstract_params,
+                                             config.adafactor_min_dim_to_factor)
+    state_specs = {"step": P(), "params": specs, "opt_state": opt_specs, "rng": P()}
+    state_shardings = partitioning.to_shardings(state_specs, mesh)
+
+    def init_state(seed: int):
+        key = jax.random.key(seed)
+        init_key, rng = jax.random.split(key)
+        params = nn.unbox(model.init(init_key, tokens))["params"]
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+                "rng": jax.random.key_data(rng)}
+
+    abstract_state = jax.eval_shape(init_state, config.seed)
+    # Parameters are created directly in their shards (no host copy of the full model). The init runs
+    # outside the mesh context: the shardings come from out_shardings.
+    jit_init = jax.jit(init_state, static_argnums=0, out_shardings=state_shardings)
+
+    return Run(config=config, model_config=model_config, model=model, mesh=mesh, rules=rules,
+               data=data, learning_rate=float(learning_rate),
+               warmup_steps=warmup, schedule=schedule, tx=tx, abstract_state=abstract_state,
+               state_shardings=state_shardings, batch_sharding=partitioning.batch_sharding(mesh, rules),
+               init_state=lambda: jit_init(config.seed), n_nonembedding=n_nonembedding,
+               param_counts=accounting.param_counts(abstract_params))
+
+
+def compile_steps(run: Run, with_eval: bool = True):
+    """AOT-compiles the train (and eval) steps inside the mesh/rules context; returns (train, eval, seconds)."""
+    config = run.config
+    n_ctx = run.model_config.n_ctx
+
+    def apply_fn(params, inputs):
+        return run.model.apply({"params": params}, inputs)
+
+    replicated = NamedSharding(run.mesh, P())
+    rows_sharding = NamedSharding(run.mesh, P(run.batch_sharding.spec[0]))
+    train_step = jax.jit(
+        make_train_step(apply_fn, run.tx, run.schedule, config.microbatches),
+        in_shardings=(run.state_shardings, run.batch_sharding),
+        out_shardings=(run.state_shardings, replicated),
+        donate_argnums=0)
+    eval_step = jax.jit(
+        eval_lib.make_eval_step(apply_fn),
+        in_shardings=(run.state_shardings["params"], run.batch_sharding, rows_sharding),
+        out_shardings=(replicated, replicated))
+    window = lambda rows: jax.ShapeDtypeStruct((rows, n_ctx + 1), jnp.int32)
+    start = time.perf_counter()
+    with partitioning.model_context(run.mesh, run.rules):
+        train_compiled = train_step.lower(run.abstract_state, window(config.batch_size)).compile()
+        eval_rows = config.resolved_eval_batch_size
+        eval_compiled = eval_step.lower(run.abstract_state["params"], window(eval_rows),
+                                        jax.ShapeDtypeStruct((eval_rows,), jnp.float32)).compile() if with_eval else None
+    return train_compiled, eval_compiled, time.perf_counter() - start
+
+
+# --- host helpers --------------------------------------------------------------------------------
+
+def _host(tree):
+    """Fetches replicated device scalars (works multi-host: reads this process's replica)."""
+    return jax.tree.map(lambda x: np.asarray(jax.device_get(x.addressable_data(0))), tree)
+
+
+def _local_rows(rows: np.ndarray) -> np.ndarray:
+    """This process's contiguous share of a global host batch (all of it on one host)."""
+    n = len(rows) // jax.process_count()
+    return rows[jax.process_index() * n:(jax.process_index() + 1) * n]
+
+
+class _Preemption:
+    """SIGTERM sets a flag; the loop saves a checkpoint and exits cleanly at the next step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _model_summary(run: Run) -> dict:
+    cfg = run.model_config
+    fpt = accounting.flops_per_token(cfg, convention="kaplan", mode="train", include_context=False)
+    fpt_ctx = accounting.flops_per_token(cfg, convention="kaplan", mode="train", include_context=True)
+    return {
+        "model_family": cfg.family,
+        "model": dataclasses.asdict(cfg),
+        "n_ctx": cfg.n_ctx,
+        "vocab_size": cfg.vocab_size,
+        # Kaplan N (formula: weight matrices of the blocks, no biases/LayerNorm) and the exact tree counts.
+        "n_params_nonembedding": run.n_nonembedding,
+        "n_params_nonembedding_exact": run.param_counts["nonembedding"],
+        "n_params_embedding": run.param_counts["embedding"],
+        "n_params_total": run.param_counts["total"],
+        "n_params_kaplan": accounting.params_for_convention(cfg, "kaplan"),
+        "n_params_chinchilla": accounting.params_for_convention(cfg, "chinchilla"),
+        "flops_per_token": fpt.flops,                      # Kaplan C ≈ 6N per token
+        "flops_per_token_with_context": fpt_ctx.flops,     # + 6·n_layer·n_ctx·d_attn
+        "flops_per_token_chinchilla": accounting.flops_per_token(cfg, "chinchilla", "train").flops,
+        "flops_convention": fpt.convention,
+    }
+
+
+def _write_config(workdir: str, run: Run) -> None:
+    if jax.process_index() != 0:
+        return
+    operative = gin.operative_config_str()
+    if not operative.strip():
+        operative = "# TrainConfig built in Python (no gin); resolved values:\n" + "\n".join(
+            f"# {k} = {v!r}" for k, v in dataclasses.asdict(run.config).items())
+    metrics_lib.write_text_atomic(os.path.join(workdir, "config.gin"), operative)
+
+
+def _finished_summary(workdir: str, config: TrainConfig) -> dict | None:
+    """The summary of a run in ``workdir`` that already reached config.num_steps, else None."""
+    path = os.path.join(workdir, "summary.json")
+    try:
+        with open(path) as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return summary if summary.get("steps", -1) >= config.num_steps else None
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax.Device] | None = None,
+          after_checkpoint: Callable[[int], None] | None = None) -> dict:
+    """Trains (or resumes) the run in ``workdir``; returns its summary.
+
+    ``data`` (an LMData) and ``devices`` may be injected (tests); by default the data comes from
+    TrainConfig.data and the mesh spans all devices. ``after_checkpoint(step)`` is called once a
+    checkpoint is durably written (used by the crash-resume test).
+    Returns the summary dict; ``status`` is "finished", "already_finished" or "preempted".
+    """
+    wall_start = time.time()
+    workdir = os.path.abspath(workdir)
+    finished = _finished_summary(workdir, config)
+    if finished is not None:
+        print(f"{workdir}: already finished ({finished['steps']} steps); summary.json holds the results", flush=True)
+        return dict(finished, status="already_finished")
+    run = setup(config, data=data, devices=devices)  # config errors surface before anything is written
+    os.makedirs(workdir, exist_ok=True)
+    lead = jax.process_index() == 0
+    summary_path = os.path.join(workdir, "summary.json")
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
+                                      async_save=config.async_checkpointing)
+    latest = ckpt.latest_step()
+
+    n_ctx = run.model_config.n_ctx
+    batch_tokens = config.batch_size * n_ctx
+    model_info = _model_summary(run)
+    flops_per_token = model_info["flops_per_token"]
+    # MFU counts the attention FLOPs too (they are real work), as PaLM App. B does.
+    mfu_flops_per_token = model_info["flops_per_token_with_context"]
+    peak, peak_source = mfu_lib.peak_flops(run.mesh.devices.flat, run.model_config.dtype)
+
+    metrics_log = metrics_lib.JsonlLog(os.path.join(workdir, "metrics.jsonl"))
+    eval_log = metrics_lib.JsonlLog(os.path.join(workdir, "eval.jsonl"))
+
+    # Restore or initialise.
+    record = {"wall_time": 0.0, "train_time": 0.0}
+    if latest is not None:
+        target = partitioning.abstract_with_shardings(run.abstract_state, run.state_shardings)
+        state, record = ckpt.restore(latest, target)
+        start_step = int(record["data_step"])
+        if start_step != int(jax.device_get(state["step"].addressable_data(0))):
+            raise RuntimeError(f"checkpoint {latest}: data position {start_step} != optimizer step")
+        eval_records = eval_log.truncate_after(start_step) if lead else []
+        if lead:
+            metrics_log.truncate_after(start_step)
+    else:
+        state = run.init_state()
+        start_step = 0
+        eval_records = []
+        if lead:
+            for log in (metrics_log, eval_log):
+                metrics_lib.write_text_atomic(log.path, "")
+    _write_config(workdir, run)
+    best = min(eval_records, key=lambda r: r["eval_loss"], default=None)
+    best_loss = best["eval_loss"] if best else float("inf")
+    best_step = best["step"] if best else None
+    last_eval = eval_records[-1] if eval_records else None
+
+    train_step, eval_step, compile_time = compile_steps(run)
+    tb = metrics_lib.TensorBoard(os.path.join(workdir, "tensorboard")) if lead else None
+    progress = metrics_lib.Progress(config.num_steps, start_step, enabled=config.progress_bar if lead else False)
+    if start_step:
+        progress.write(f"resuming {workdir} from step {start_step}")
+
+    rows_sharding = NamedSharding(run.mesh, P(run.batch_sharding.spec[0]))
+
+    def put_eval(rows, weights):
+        return (partitioning.global_batch(_local_rows(rows), run.batch_sharding, len(rows)),
+                partitioning.global_batch(_local_rows(weights), rows_sharding, len(weights)))
+
+    def run_eval(step: int) -> dict:
+        nonlocal best_loss, best_step, last_eval
+        windows = run.data.eval_windows
+        if config.eval_max_windows:
+            windows = windows[:config.eval_max_windows]
+        result = eval_lib.evaluate(eval_step, state["params"], windows, run.data.eval_bytes_per_token,
+                                   config.resolved_eval_batch_size, put_eval)
+        rec = {"step": step, "tokens": step * batch_tokens, "eval_loss": result.loss,
+               "eval_bpb": result.bits_per_byte, "loss_per_position": result.loss_per_position.tolist(),
+               "eval_windows": result.n_windows,
+               "compute_pf_days": flops_per_token * step * batch_tokens / accounting.PF_DAY}
+        for name, (extra_windows, extra_bpt) in (getattr(run.data, "extra_evals", None) or {}).items():
+            if config.eval_max_windows:
+                extra_windows = extra_windows[:config.eval_max_windows]
+            extra = eval_lib.evaluate(eval_step, state["params"], extra_windows, extra_bpt,
+                                      config.resolved_eval_batch_size, put_eval)
+            rec[f"eval_loss_{name}"] = extra.loss
+            rec[f"eval_bpb_{name}"] = extra.bits_per_byte
+        if result.loss < best_loss:
+            best_loss, best_step = result.loss, step
+        rec["best_eval_loss"], rec["best_eval_step"] = best_loss, best_step
+        if lead:
+            eval_log.append(rec)
+            tb.scalars(step, {k: v for k, v in rec.items() if k.startswith("eval_")}, prefix="eval/")
+        progress.write(f"step {step}: eval loss {result.loss:.4f} nats/token, {result.bits_per_byte:.4f} bits/byte")
+        last_eval = rec
+        return rec
+
+    # Timing: a window is the steps between two log boundaries, minus eval/checkpoint time.
+    session_train_time = 0.0
+    window = {"start": time.perf_counter(), "steps": 0, "excluded": 0.0, "losses": [], "gns": []}
+    pending: list[tuple[int, dict]] = []
+    last_saved = latest
+    last_loss = float("nan")
+    last_rate = float("nan")
+
+    def process(step: int, m: dict) -> None:
+        nonlocal last_loss
+        values = _host(m)
+        loss, grad_norm = float(values["loss"]), float(values["grad_norm"])
+        for value, what in ((loss, "the training loss"), (grad_norm, "the gradient norm")):
+            if not math.isfinite(value):
+                ckpt.wait()
+                raise NonFiniteLossError(step, value, what, ckpt.latest_step(), ckpt.directory)
+        last_loss = loss
+        window["losses"].append(loss)
+        if "gns_s_small" in values:
+            window["gns"].append((float(values["gns_s_small"]), float(values["gns_s_big"])))
+        values["_step"] = step
+        window["last"] = values
+
+    def flush() -> None:
+        while pending:
+            process(*pending.pop(0))
+
+    def log(step: int) -> None:
+        nonlocal session_train_time, last_rate
+        elapsed = time.perf_counter() - window["start"] - window["excluded"]
+        steps = window["steps"]
+        session_train_time += elapsed
+        tokens_per_sec = steps * batch_tokens / elapsed if elapsed > 0 and steps else float("nan")
+        last_rate = tokens_per_sec if math.isfinite(tokens_per_sec) else last_rate
+        values = window["last"]
+        rec = {"step": step, "tokens": step * batch_tokens, "loss": float(values["loss"]),
+               "loss_avg": float(np.mean(window["losses"])), "lr": float(values["lr"]),
+               "grad_norm": float(values["grad_norm"]), "tokens_per_sec": tokens_per_sec,
+               "mfu": mfu_lib.mfu(mfu_flops_per_token, tokens_per_sec, peak),
+               "step_time": elapsed / steps if steps else float("nan"),
+               "compute_pf_days": flops_per_token * step * batch_tokens / accounting.PF_DAY}
+        if window["gns"]:
+            # Raw noise-scale sums averaged over the logged window (ratio of averages downstream),
+            # with their batch sizes in sequences.
+            rec["gns_s_small"] = float(np.mean([s for s, _ in window["gns"]]))
+            rec["gns_s_big"] = float(np.mean([b for _, b in window["gns"]]))
+            rec["gns_b_small"] = config.batch_size // config.microbatches
+            rec["gns_b_big"] = config.batch_size
+            rec["gns_steps"] = len(window["gns"])
+        if lead:
+            metrics_log.append(rec)
+            tb.scalars(step, {k: v for k, v in rec.items() if k != "step"}, prefix="train/")
+        progress.log_line(step, rec)
+        window.update(start=time.perf_counter(), steps=0, excluded=0.0, losses=[], gns=[])
+
+    def save(step: int) -> None:
+        nonlocal last_saved
+        rec = {"data_step": step, "tokens": step * batch_tokens,
+               "wall_time": record["wall_time"] + time.time() - wall_start,
+               "train_time": record["train_time"] + session_train_time,
+               "best_eval_loss": best_loss if math.isfinite(best_loss) else None,
+               "best_eval_step": best_step}
+        if lead:
+            metrics_log.sync()
+            eval_log.sync()
+        ckpt.save(step, state, rec)
+        last_saved = step
+        if after_checkpoint is not None:
+            ckpt.wait()
+            after_checkpoint(step)
+
+    status = "finished"
+    step = start_step
+    batches = run.data.train.iterate(start_step, config.num_steps - start_step)
+    try:
+        with _Preemption() as preemption:
+            for data_step, rows in batches:
+                step = data_step + 1
+                batch = partitioning.global_batch(rows, run.batch_sharding, config.batch_size)
+                state, step_metrics = train_step(state, batch)
+                pending.append((step, step_metrics))
+                window["steps"] += 1
+                if step == start_step + 1:
+                    # The first step of a session pays one-off costs: time from the next one.
+                    flush()
+                    window.update(start=time.perf_counter(), steps=0)
+                elif len(pending) > 1:
+                    # One step of lag: read step s-1's metrics while step s runs.
+                    process(*pending.pop(0))
+                at_log = step % config.log_every == 0 or step == config.num_steps
+                at_eval = step % config.eval_every == 0 or step == config.num_steps
+                at_ckpt = step % config.checkpoint_every == 0 or step == config.num_steps
+                if at_log or at_eval or at_ckpt or preemption.requested:
+                    flush()
+                if at_log and "last" in window:
+                    log(step)
+                    progress.update(step, last_loss, last_rate)
+                elif progress.bar is not None and step % max(1, config.log_every // 10 or 1) == 0:
+                    progress.update(step, last_loss, last_rate)
+                t0 = time.perf_counter()
+                if at_eval:
+                    run_eval(step)
+                if at_ckpt or preemption.requested:
+                    save(step)
+                window["excluded"] += time.perf_counter() - t0
+                if preemption.requested and step < config.num_steps:
+                    status = "preempted"
+                    break
+            flush()
+    finally:
+        batches.close()
+        ckpt.wait()
+        progress.close()
+        if tb is not None:
+            tb.flush()
+
+    if status == "preempted":
+        ckpt.close()
+        if lead:
+            metrics_log.close()
+            eval_log.close()
+            tb.close()
+        print(f"preempted (SIGTERM): saved checkpoint at step {step} in {ckpt.directory}; "
+              f"rerun the same command to resume", flush=True)
+        return {"status": "preempted", "steps": step, "workdir": workdir}
+
+    # A run restored at its last step (summary lost in a crash) still needs its final eval.
+    if last_eval is None or last_eval["step"] != config.num_steps:
+        run_eval(config.num_steps)
+    if last_saved != config.num_steps:
+        save(config.num_steps)
+        ckpt.wait()
+    ckpt.close()
+
+    train_time = record["train_time"] + session_train_time
+    steps_timed = config.num_steps - start_step - 1  # the first step of each session is not timed
+    if latest is not None or steps_timed <= 0:
+        tokens_per_sec = last_rate
+    else:
+        tokens_per_sec = steps_timed * batch_tokens / session_train_time if session_train_time > 0 else float("nan")
+    tokens = config.num_steps * batch_tokens
+    summary = {
+        "status": "finished",
+        **model_info,
+        "steps": config.num_steps,
+        "tokens": tokens,
+        "batch_size": config.batch_size,
+        "batch_tokens": batch_tokens,
+        "microbatches": config.microbatches,
+        "compute_flops": flops_per_token * tokens,
+        "compute_pf_days": flops_per_token * tokens / accounting.PF_DAY,
+        "compute_pf_days_with_context": model_info["flops_per_token_with_context"] * tokens / accounting.PF_DAY,
+        "final_eval_loss": last_eval["eval_loss"],
+        "final_eval_bpb": last_eval["eval_bpb"],
+        "final_train_loss": last_loss,
+        "best_eval_loss": best_loss,
+        "best_eval_step": best_step,
+        "final_extra_eval": {k: v for k, v in last_eval.items() if k.startswith(("eval_loss_", "eval_bpb_"))},
+        "tokens_per_sec": tokens_per_sec,
+        "mfu": mfu_lib.mfu(mfu_flops_per_token, tokens_per_sec, peak),
+        "mfu_flops_per_token": mfu_flops_per_token,
+        "mfu_peak_flops": peak,
+        "mfu_peak_source": peak_source,
+        "optimizer": config.optimizer,
+        "learning_rate": run.learning_rate,
+        "learning_rate_source": "TrainConfig.learning_rate" if config.learning_rate else "Kaplan eq. D.1",
+        "schedule": config.schedule,
+        "warmup_steps": run.warmup_steps,
+        "seed": config.seed,
+        "mesh": dict(run.mesh.shape),
+        "n_devices": int(run.mesh.devices.size),
+        "device_kind": run.mesh.devices.flat[0].device_kind,
+        "platform": run.mesh.devices.flat[0].platform,
+        "compile_time_sec": compile_time,
+        "train_time_sec": train_time,
+        "wall_time_sec": record["wall_time"] + time.time() - wall_start,
+        "data": getattr(run.data, "manifest", None),
+        "epochs": config.num_steps * config.batch_size / run.data.train.windows_per_epoch
+        if getattr(run.data.train, "windows_per_epoch", None) else None,
+    }
+    if lead:
+        metrics_log.close()
+        eval_log.close()
+        tb.close()
+        metrics_lib.write_json_atomic(summary_path, summary)
+    return summary
+
+
+# --- gin entry point -----------------------------------------------------------------------------
+
+def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str]) -> None:
+    """Parses gin files and bindings; an unknown or bad binding raises ValueError naming it and its file."""
+    from scaling import configurables  # registers TransformerConfig, DataConfig, ...
+    import scaling.train.config  # noqa: F401  (registers TrainConfig, MeshConfig)
+    for path in gin_files:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"gin file {path!r} not found (cwd {os.getcwd()!r}); paths are relative to "
+                                    f"the repository root")
+    gin.clear_config()
+    # `include 'gin/...'` lines resolve against the repository root whatever the cwd.
+    if configurables.REPO_ROOT not in getattr(gin.config, "_LOCATION_PREFIXES", ()):
+        gin.add_config_file_search_path(configurables.REPO_ROOT)
+    for path in gin_files:
+        try:
+            gin.parse_config_file(path)
+        except (ValueError, KeyError, SyntaxError) as e:
+            raise ValueError(f"gin file {path}: {e}") from None
+    for binding in gin_params:
+        try:
+            gin.parse_config(binding)
+        except (ValueError, KeyError, SyntaxError) as e:
+            raise ValueError(f"--gin_param {binding!r}: {e}") from None
+    gin.finalize()
+
+
+def train_from_gin(gin_files: Sequence[str], gin_params: Sequence[str], workdir: str, **kwargs) -> dict:
+    """Parses gin and trains (or resumes) the run in ``workdir``; returns its summary. In-process API."""
+    parse_gin(list(gin_files), list(gin_params))
+    try:
+        config = TrainConfig()
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"bad gin configuration: {e}") from None
+    return train(config, workdir, **kwargs)
+
