@@ -22,7 +22,7 @@ def model_gin_files(root: str = configurables.REPO_ROOT) -> list[str]:
 def load_model_config(path: str):
     gin.clear_config()
     try:
-        configurables.parse_gin([path])
+        configurables.parse_gin([path], [])
         return configurables.bound_model_config()
     finally:
         gin.clear_config()

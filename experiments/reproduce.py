@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 
 ROOT = flags.DEFINE_string("root", "runs/reproduce", "Output directory (runs/, runs.csv, fits, report.md).")
 RUNGS = flags.DEFINE_list("rungs", ["cpu_12k", "cpu_55k", "cpu_98k", "cpu_332k", "cpu_786k"],
@@ -107,6 +107,7 @@ def plot_fit(root: str) -> None:
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint write at INFO
     root = ROOT.value
     os.makedirs(root, exist_ok=True)
     missing = [r for r in RUNGS.value if not os.path.exists(os.path.join("gin", "models", f"{r}.gin"))]

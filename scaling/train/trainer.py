@@ -34,6 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import models
 from models import accounting
+from scaling import configurables
 from scaling.train import checkpointing, metrics as metrics_lib, mfu as mfu_lib, optimizers, partitioning
 from scaling.train import eval as eval_lib
 from scaling.train.config import TrainConfig
@@ -617,29 +618,7 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
 
 # --- gin entry point -----------------------------------------------------------------------------
 
-def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str]) -> None:
-    """Parses gin files and bindings; an unknown or bad binding raises ValueError naming it and its file."""
-    from scaling import configurables  # registers TransformerConfig, DataConfig, ...
-    import scaling.train.config  # noqa: F401  (registers TrainConfig, MeshConfig)
-    for path in gin_files:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"gin file {path!r} not found (cwd {os.getcwd()!r}); paths are relative to "
-                                    f"the repository root")
-    gin.clear_config()
-    # `include 'gin/...'` lines resolve against the repository root whatever the cwd.
-    if configurables.REPO_ROOT not in getattr(gin.config, "_LOCATION_PREFIXES", ()):
-        gin.add_config_file_search_path(configurables.REPO_ROOT)
-    for path in gin_files:
-        try:
-            gin.parse_config_file(path)
-        except (ValueError, KeyError, SyntaxError) as e:
-            raise ValueError(f"gin file {path}: {e}") from None
-    for binding in gin_params:
-        try:
-            gin.parse_config(binding)
-        except (ValueError, KeyError, SyntaxError) as e:
-            raise ValueError(f"--gin_param {binding!r}: {e}") from None
-    gin.finalize()
+parse_gin = configurables.parse_gin
 
 
 def train_from_gin(gin_files: Sequence[str], gin_params: Sequence[str], workdir: str, **kwargs) -> dict:
