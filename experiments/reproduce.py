@@ -61,7 +61,7 @@ def fit_kaplan_n(rows: list[dict], root: str) -> dict:
                for r in rows], points)
     out = os.path.join(root, "fit_kaplan_n.json")
     cmd = [sys.executable, "-m", "experiments.fit", "--law=kaplan_n", f"--points={points}", f"--out={out}",
-           "--bootstrap=200", "--seed=0"]
+           "--bootstrap=200", "--seed=0", f"--plot={os.path.join(root, 'fit_kaplan_n.png')}"]
     subprocess.run(cmd, check=True)
     with open(out) as f:
         return json.load(f)
@@ -94,17 +94,6 @@ def write_report(rows: list[dict], fit: dict, root: str, seconds: float) -> str:
     return path
 
 
-def plot_fit(root: str) -> None:
-    try:
-        from scaling.analysis import plots
-    except ImportError:
-        return
-    plot = getattr(plots, "plot_fit_from_files", None)
-    if plot is not None:
-        plot(os.path.join(root, "fit_kaplan_n.json"), os.path.join(root, "points_kaplan_n.csv"),
-             os.path.join(root, "fit_kaplan_n.png"))
-
-
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint write at INFO
@@ -119,7 +108,6 @@ def main(argv):
     rows = [run_one(name, root) for name in RUNGS.value]
     write_csv(rows, os.path.join(root, "runs.csv"))
     fit = fit_kaplan_n(rows, root)
-    plot_fit(root)
     report = write_report(rows, fit, root, time.time() - start)
     print(f"[reproduce] wrote {os.path.join(root, 'runs.csv')}, {os.path.join(root, 'fit_kaplan_n.json')}, "
           f"{report}")
