@@ -143,28 +143,21 @@ def factored_state_specs(state: factorized.FactoredState, specs, params, min_dim
     sharding on the dims that survive. Unfactored parameters keep a full ``v`` sharded like the
     parameter; the (1,) placeholders are replicated.
     """
-    def row(leaf, spec, param):
-        dims = factorized._factored_dims(param.shape, True, min_dim_size_to_factor)
-        if dims is None or leaf.ndim != param.ndim - 1:
-            return P()
-        _, d0 = dims
-        entries = _padded(spec, param.ndim)
-        del entries[d0]
-        return P(*entries)
-
-    def col(leaf, spec, param):
-        dims = factorized._factored_dims(param.shape, True, min_dim_size_to_factor)
-        if dims is None or leaf.ndim != param.ndim - 1:
-            return P()
-        d1, _ = dims
-        entries = _padded(spec, param.ndim)
-        del entries[d1]
-        return P(*entries)
+    def reduced(which: int):
+        # which = 1: v_row drops d0 (the largest dim); which = 0: v_col drops d1.
+        def spec_of(leaf, spec, param):
+            dims = factorized._factored_dims(param.shape, True, min_dim_size_to_factor)
+            if dims is None or leaf.ndim != param.ndim - 1:
+                return P()
+            entries = _padded(spec, param.ndim)
+            del entries[dims[which]]
+            return P(*entries)
+        return spec_of
 
     return factorized.FactoredState(
         count=P(),
-        v_row=jax.tree.map(row, state.v_row, specs, params),
-        v_col=jax.tree.map(col, state.v_col, specs, params),
+        v_row=jax.tree.map(reduced(1), state.v_row, specs, params),
+        v_col=jax.tree.map(reduced(0), state.v_col, specs, params),
         v=jax.tree.map(_same_shape_spec, state.v, specs, params),
     )
 
