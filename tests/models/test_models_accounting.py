@@ -194,3 +194,16 @@ def test_model_table_lists_every_gin_model_file():
     for row in rows:
         assert row["file"] in text
     assert "84,934,656" in text  # paper_85m = GPT-2 small shape
+
+
+def test_plan_list_models_cli_prints_the_table():
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-m", "experiments.plan", "--list_models"], cwd=root,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "gin/models/cpu_12k.gin" in out.stdout and "gin/models/paper_1b5.gin" in out.stdout
+    assert "1,474,560,000" in out.stdout  # 48 layers × d_model 1600: Kaplan's largest size
