@@ -10,10 +10,10 @@ BENCH_OUT ?= runs/bench.json
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt constraints.txt
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install --upgrade --quiet pip
-	$(VPY) -m pip install --quiet -r requirements.txt
+	$(VPY) -m pip install --quiet -r requirements.txt -c constraints.txt
 	touch $(STAMP)
 
 test: $(STAMP)
