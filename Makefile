@@ -10,14 +10,14 @@ BENCH_OUT ?= runs/bench.json
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt constraints.txt
+$(STAMP): requirements.txt
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install --upgrade --quiet pip
-	$(VPY) -m pip install --quiet -r requirements.txt -c constraints.txt
+	$(VPY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(VPY) -m pytest tests -q
+	$(VPY) -m pytest tests -q -ra -W ignore::DeprecationWarning
 
 reproduce: $(STAMP)
 	$(VPY) -m experiments.reproduce --root=$(ROOT)
