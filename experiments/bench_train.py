@@ -17,6 +17,8 @@ import time
 import jax
 import numpy as np
 
+from experiments.model_table import load_model_config
+
 RUNGS = {"small": "gin/models/cpu_55k.gin", "mid": "gin/models/cpu_1m2.gin"}
 BATCH = 32
 VOCAB = 4096
@@ -39,14 +41,6 @@ class _RandomData:
     eval_bytes_per_token: float = 1.0
     extra_evals: dict = dataclasses.field(default_factory=dict)
     manifest: dict = dataclasses.field(default_factory=dict)
-
-
-def _model_config(gin_file: str):
-    import gin
-    from scaling import configurables
-    gin.clear_config()
-    configurables.parse_gin([gin_file])
-    return configurables.bound_model_config()
 
 
 def time_train_step(model_config, batch: int = BATCH, steps: int = 10) -> dict:
@@ -82,7 +76,7 @@ def run() -> dict:
     path = mfu.write_cpu_peak(peak) if jax.devices()[0].platform == "cpu" else None
     figures = {"cpu_peak_matmul_flops": peak, "cpu_peak_cache": path or "not cpu"}
     for rung, gin_file in RUNGS.items():
-        result = time_train_step(_model_config(gin_file))
+        result = time_train_step(load_model_config(gin_file))
         figures[f"train_{rung}_tokens_per_sec"] = result["tokens_per_sec"]
         figures[f"train_{rung}_step_ms"] = 1e3 * result["step_s"]
         figures[f"train_{rung}_mfu"] = mfu.mfu(result["flops_per_token"], result["tokens_per_sec"], peak)

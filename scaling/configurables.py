@@ -28,7 +28,7 @@ DataConfig = gin.external_configurable(data_pipeline.DataConfig, "DataConfig")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str]) -> None:
+def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str] = ()) -> None:
     """Parses gin files and bindings; an unknown or bad binding raises ValueError naming it and its file."""
     import scaling.train.config  # noqa: F401  (registers TrainConfig, MeshConfig)
     for path in gin_files:
