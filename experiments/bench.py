@@ -6,11 +6,11 @@ Each section lives in its own module `experiments/bench_<section>.py` exposing
 flat JSON object goes to --out; a human-readable table goes to stdout.
 """
 import importlib
-import json
-import os
 import sys
 
 from absl import app, flags
+
+from scaling import fileio
 
 SECTIONS = ("data", "fit", "train")
 
@@ -33,13 +33,8 @@ def main(argv):
         for key, value in result.items():
             print(f"  {key:<40s} {value}", flush=True)
         figures.update(result)
-    out = FLAGS.value
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(figures, f, indent=2, sort_keys=True)
-    os.replace(tmp, out)
-    print(f"wrote {out}")
+    fileio.write_json_atomic(FLAGS.value, figures, sort_keys=True)
+    print(f"wrote {FLAGS.value}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import sys
 
 from absl import app, flags
 
+from scaling import fileio
 from scaling.analysis import frontier, io
 
 FLAGS = flags.FLAGS
@@ -77,11 +78,7 @@ def main(argv):
     text = frontier.gin_text(p, _command())
     print("\n" + text)
     if FLAGS.out_gin:
-        tmp = FLAGS.out_gin + ".tmp"
-        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out_gin)), exist_ok=True)
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, FLAGS.out_gin)
+        fileio.write_text_atomic(FLAGS.out_gin, text)
         print(f"wrote {FLAGS.out_gin}")
 
 

@@ -11,6 +11,7 @@ the fitted exponent beside the paper's (α_N = 0.076), and the figures the analy
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import subprocess
@@ -18,6 +19,8 @@ import sys
 import time
 
 from absl import app, flags, logging
+
+from scaling import fileio
 
 ROOT = flags.DEFINE_string("root", "runs/reproduce", "Output directory (runs/, runs.csv, fits, report.md).")
 RUNGS = flags.DEFINE_list("rungs", ["cpu_12k", "cpu_55k", "cpu_98k", "cpu_332k", "cpu_786k"],
@@ -47,12 +50,11 @@ def run_one(name: str, root: str) -> dict:
 
 
 def write_csv(rows: list[dict], path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    fileio.write_text_atomic(path, text.getvalue())
 
 
 def fit_kaplan_n(rows: list[dict], root: str) -> dict:
@@ -88,9 +90,7 @@ def write_report(rows: list[dict], fit: dict, root: str, seconds: float) -> str:
     figures = sorted(f for f in os.listdir(root) if f.endswith(".png"))
     lines += [f"![{f}]({f})" for f in figures]
     path = os.path.join(root, "report.md")
-    with open(path + ".tmp", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(path + ".tmp", path)
+    fileio.write_text_atomic(path, "\n".join(lines) + "\n")
     return path
 
 

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
-import math
 import os
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from scaling import fileio
 
 
 class InputError(ValueError):
@@ -57,31 +59,9 @@ def _is_float(v) -> bool:
         return False
 
 
-def _jsonable(x):
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.floating, float)):
-        x = float(x)
-        return x if math.isfinite(x) else None
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
-
-
 def write_json(path: str, obj) -> None:
     """Write JSON atomically (temp file + rename), NaN/inf as null."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(_jsonable(obj), f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    fileio.write_json_atomic(path, obj)
 
 
 def read_json(path: str) -> dict:
@@ -98,14 +78,12 @@ def write_csv(path: str, columns: Mapping[str, Sequence]) -> None:
     """Write columns (equal length) as CSV atomically."""
     names = list(columns)
     n = len(next(iter(columns.values())))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(names)
-        for i in range(n):
-            w.writerow([_fmt(columns[c][i]) for c in names])
-    os.replace(tmp, path)
+    text = io.StringIO()
+    w = csv.writer(text)
+    w.writerow(names)
+    for i in range(n):
+        w.writerow([_fmt(columns[c][i]) for c in names])
+    fileio.write_text_atomic(path, text.getvalue())
 
 
 def _fmt(v):

@@ -13,38 +13,10 @@ import os
 import shutil
 import sys
 import time
-from typing import Any
 
 import numpy as np
 
-
-def _clean(value):
-    """JSON-safe: numpy scalars to Python, non-finite floats to None (strict JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _clean(value.tolist())
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(_clean(obj), indent=2, sort_keys=True) + "\n")
+from scaling import fileio
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -74,13 +46,13 @@ class JsonlLog:
     def truncate_after(self, step: int) -> list[dict]:
         """Keeps the records with record['step'] <= step (resume); returns them."""
         kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= step]
-        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        fileio.write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         return kept
 
     def append(self, record: dict) -> None:
         if self._file is None:
             self._file = open(self.path, "a")
-        self._file.write(json.dumps(_clean(record)) + "\n")
+        self._file.write(json.dumps(fileio.json_safe(record)) + "\n")
         self._file.flush()
 
     def sync(self) -> None:

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scaling import fileio
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Dense peak FLOP/s per chip: (bfloat16, float32 matmuls). On GPUs float32 matmuls run as TF32 by
@@ -80,13 +82,9 @@ def measure_matmul_flops(n: int = 1024, repeats: int = 5, dtype=jnp.float32) -> 
 def write_cpu_peak(flops: float, path: str | None = None) -> str:
     """Stores the measured CPU peak where `peak_flops` reads it (atomic write)."""
     path = path or cpu_peak_path()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     record = {"cpu_peak_flops": float(flops), **cpu_identity(), "measured_at": time.time(),
               "how": "best-of-N jitted float32 matmul (experiments.bench train)"}
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=2)
-    os.replace(tmp, path)
+    fileio.write_json_atomic(path, record)
     return path
 
 

@@ -34,7 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import models
 from models import accounting
-from scaling import configurables
+from scaling import configurables, fileio
 from scaling.train import checkpointing, metrics as metrics_lib, mfu as mfu_lib, optimizers, partitioning
 from scaling.train import eval as eval_lib
 from scaling.train.config import TrainConfig
@@ -314,7 +314,7 @@ def _write_config(workdir: str, run: Run) -> None:
     if not operative.strip():
         operative = "# TrainConfig built in Python (no gin); resolved values:\n" + "\n".join(
             f"# {k} = {v!r}" for k, v in dataclasses.asdict(run.config).items())
-    metrics_lib.write_text_atomic(os.path.join(workdir, "config.gin"), operative)
+    fileio.write_text_atomic(os.path.join(workdir, "config.gin"), operative)
 
 
 def _finished_summary(workdir: str, config: TrainConfig) -> dict | None:
@@ -381,7 +381,7 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
         eval_records = []
         if lead:
             for log in (metrics_log, eval_log):
-                metrics_lib.write_text_atomic(log.path, "")
+                fileio.write_text_atomic(log.path, "")
     _write_config(workdir, run)
     best = min(eval_records, key=lambda r: r["eval_loss"], default=None)
     best_loss = best["eval_loss"] if best else float("inf")
@@ -612,7 +612,7 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
         metrics_log.close()
         eval_log.close()
         tb.close()
-        metrics_lib.write_json_atomic(summary_path, summary)
+        fileio.write_json_atomic(summary_path, summary, sort_keys=True)
     return summary
 
 
