@@ -152,9 +152,8 @@ def build_data(config: TrainConfig, n_ctx: int):
     from data import pipeline  # data/ is imported lazily: tests may inject their own LMData
     data_config = config.data
     if data_config is None:
-        from scaling import configurables
-        # The gin-registered class applies DataConfig.* bindings; the plain one is the fallback.
-        data_config = getattr(configurables, "DataConfig", pipeline.DataConfig)()
+        # The gin-registered class (scaling.configurables) applies the DataConfig.* bindings.
+        data_config = configurables.DataConfig()
     return pipeline.build_data(data_config, n_ctx=n_ctx, global_batch_size=config.batch_size,
                                seed=config.seed, process_index=jax.process_index(),
                                process_count=jax.process_count())
