@@ -75,9 +75,12 @@ def num_windows(n_tokens: int, n_ctx: int) -> int:
     return max(0, (n_tokens - 1) // n_ctx)
 
 
-def window_view(tokens: np.ndarray, n_ctx: int) -> np.ndarray:
-    """[n_windows, n_ctx+1] zero-copy view; window i starts at token i*n_ctx."""
+def window_view(tokens: np.ndarray, n_ctx: int, what: str = "the split") -> np.ndarray:
+    """[n_windows, n_ctx+1] zero-copy view; window i starts at token i*n_ctx. No window is an error."""
     n = num_windows(len(tokens), n_ctx)
+    if n < 1:
+        raise ValueError(f"n_ctx={n_ctx} is longer than any possible window: {what} has only {len(tokens):,} "
+                         f"tokens (a window needs n_ctx+1); lower n_ctx or use a larger corpus")
     step = tokens.strides[0]
     return np.lib.stride_tricks.as_strided(tokens, shape=(n, n_ctx + 1), strides=(n_ctx * step, step),
                                            writeable=False)

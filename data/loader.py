@@ -56,11 +56,8 @@ class TrainLoader:
         if global_batch_size % process_count:
             raise ValueError(f"global_batch_size {global_batch_size} is not divisible by process_count "
                              f"{process_count}; each host must read an equal slice")
-        self._windows = cache_lib.window_view(tokens, n_ctx)
+        self._windows = cache_lib.window_view(tokens, n_ctx, "the train split")
         n_total = self._windows.shape[0]
-        if n_total < 1:
-            raise ValueError(f"n_ctx={n_ctx} is longer than any possible window: the train split has only "
-                             f"{len(tokens):,} tokens (a window needs n_ctx+1); lower n_ctx or use a larger corpus")
         self.n_ctx = n_ctx
         self.tokens_per_window = n_ctx + 1
         self.global_batch_size = global_batch_size
@@ -153,11 +150,8 @@ def eval_windows(tokens: np.ndarray, n_ctx: int, eval_tokens: int, what: str = "
     """
     if eval_tokens < 1:
         raise ValueError(f"eval_tokens must be positive, got {eval_tokens}")
-    windows = cache_lib.window_view(tokens, n_ctx)
+    windows = cache_lib.window_view(tokens, n_ctx, what)
     n_all = windows.shape[0]
-    if n_all < 1:
-        raise ValueError(f"n_ctx={n_ctx} is longer than any possible window: {what} has only {len(tokens):,} tokens; "
-                         "lower n_ctx or use a larger evaluation set")
     n_eval = min(n_all, max(1, eval_tokens // n_ctx))
     picks = np.unique(np.linspace(0, n_all - 1, n_eval).round().astype(np.int64))
     return np.asarray(windows[picks], dtype=np.int32)
