@@ -55,7 +55,13 @@ class TrainConfig:
     weight_decay: float = 0.0       # adamw / adafactor decoupled weight decay
     grad_clip: float = 1.0          # global-norm clipping (Adam); Adafactor uses update clipping too
     adafactor_min_dim_to_factor: int = 128  # factor the second moment of matrices with both dims >= this
-    microbatches: int = 1           # gradient accumulation: the batch is split into this many parts
+    microbatches: int = 4           # K: the batch is split (strided) into K microbatches whose
+                                    # gradients are accumulated; K >= 2 feeds the noise-scale estimator
+
+    # Gradient noise scale (design/noise-scale.md): raw sums every step, B_simple from per-token EMAs.
+    noise_scale: bool = True        # log gns_s_small/gns_s_big and the smoothed b_simple (needs K >= 2)
+    noise_scale_ema_tokens: float = 2.0 ** 18  # EMA horizon τ in tokens: β = exp(-batch_tokens/τ)
+    noise_scale_skip_steps: int | None = None  # steps before the EMA starts (None = the warmup)
 
     # Evaluation, logging, checkpointing (all in optimizer steps).
     eval_every: int = 500
@@ -92,6 +98,13 @@ class TrainConfig:
         if self.batch_size % self.microbatches:
             raise ValueError(f"TrainConfig.batch_size={self.batch_size} is not divisible by "
                              f"TrainConfig.microbatches={self.microbatches}")
+        if self.noise_scale:
+            from scaling.noise import estimator
+            estimator.check_gradient_samples(self.microbatches)
+        if not self.noise_scale_ema_tokens > 0:
+            raise ValueError(f"TrainConfig.noise_scale_ema_tokens must be > 0, got {self.noise_scale_ema_tokens}")
+        if self.noise_scale_skip_steps is not None and self.noise_scale_skip_steps < 0:
+            raise ValueError(f"TrainConfig.noise_scale_skip_steps must be >= 0, got {self.noise_scale_skip_steps}")
         if self.eval_batch_size is not None and self.eval_batch_size <= 0:
             raise ValueError(f"TrainConfig.eval_batch_size must be positive, got {self.eval_batch_size}")
 
@@ -100,6 +113,12 @@ class TrainConfig:
         if self.warmup_steps is not None:
             return min(self.warmup_steps, self.num_steps)
         return min(3000, self.num_steps // 10)
+
+    @property
+    def resolved_noise_scale_skip_steps(self) -> int:
+        if self.noise_scale_skip_steps is not None:
+            return self.noise_scale_skip_steps
+        return self.resolved_warmup_steps
 
     @property
     def resolved_eval_batch_size(self) -> int:

@@ -35,6 +35,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import models
 from models import accounting
 from scaling import configurables, fileio
+from scaling.noise import estimator as noise_estimator, smoothing as noise_smoothing
 from scaling.train import checkpointing, metrics as metrics_lib, mfu as mfu_lib, optimizers, partitioning
 from scaling.train import eval as eval_lib
 from scaling.train.config import TrainConfig
@@ -62,54 +63,33 @@ def cross_entropy(logits, targets):
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets).mean()
 
 
-def _sqnorm(tree) -> jax.Array:
-    return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree))
-
-
-def make_grad_fn(apply_fn: Callable, microbatches: int) -> Callable:
+def make_grad_fn(apply_fn: Callable, microbatches: int, noise_scale: bool = True) -> Callable:
     """(params, windows [B, n_ctx+1]) -> (mean loss, mean gradient, noise-scale sums).
 
-    With K = microbatches > 1 the batch is split *strided* into K microbatches (row i goes to
-    microbatch i mod K, so each keeps the batch's data sharding), their mean-loss gradients are
-    summed in float32 by a lax.scan and divided by K: the same update as the whole batch, in 1/K of
-    the activation memory. The scan also yields the raw sums of the gradient noise scale
-    (McCandlish et al. 2018 App. A.1; design/noise-scale.md §1.3): S_small = mean_k |g_k|² over
-    microbatches of b = B/K sequences and S_big = |mean_k g_k|² at B sequences.
+    With K = microbatches > 1 the batch is split strided into K microbatches whose mean-loss
+    gradients a lax.scan sums in float32 (scaling.noise.estimator): the same update as the whole
+    batch in 1/K of the activation memory, plus the raw sums of the gradient noise scale
+    S_small = mean_k |g_k|² (b = B/K sequences) and S_big = |mean_k g_k|² (B sequences), taken
+    before clipping (design/noise-scale.md §1.3a).
     """
 
     def loss_fn(params, windows):
         logits = apply_fn(params, windows[:, :-1])
         return cross_entropy(logits, windows[:, 1:])
 
-    value_and_grad = jax.value_and_grad(loss_fn)
+    run = noise_estimator.microbatch_value_and_grad(jax.value_and_grad(loss_fn), microbatches, noise_scale)
 
     def grads(params, windows):
-        if microbatches == 1:
-            loss, g = value_and_grad(params, windows)
-            return loss, g, {}
-        b = windows.shape[0] // microbatches
-        # [B, T] -> [K, b, T], microbatch k = rows k, k+K, k+2K, ...
-        split = jnp.swapaxes(windows.reshape(b, microbatches, *windows.shape[1:]), 0, 1)
-
-        def body(carry, mb):
-            loss_sum, g_sum, sq_sum = carry
-            loss, g = value_and_grad(params, mb)
-            g = jax.tree.map(lambda x: x.astype(jnp.float32), g)
-            return (loss_sum + loss, jax.tree.map(jnp.add, g_sum, g), sq_sum + _sqnorm(g)), None
-
-        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-        (loss_sum, g_sum, sq_sum), _ = jax.lax.scan(body, (jnp.zeros(()), zeros, jnp.zeros(())), split)
-        g = jax.tree.map(lambda s, p: (s / microbatches).astype(p.dtype), g_sum, params)
-        gns = {"gns_s_small": sq_sum / microbatches, "gns_s_big": _sqnorm(g)}
-        return loss_sum / microbatches, g, gns
+        loss, g, gns = run(params, windows)
+        return loss, jax.tree.map(lambda x, p: x.astype(p.dtype), g, params), gns
 
     return grads
 
 
 def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, schedule: Callable,
-                    microbatches: int) -> Callable:
+                    microbatches: int, noise_scale: bool = True) -> Callable:
     """state, windows -> new state, metrics. state = {step, params, opt_state, rng}."""
-    grads_fn = make_grad_fn(apply_fn, microbatches)
+    grads_fn = make_grad_fn(apply_fn, microbatches, noise_scale)
 
     def train_step(state, windows):
         loss, grads, extra = grads_fn(state["params"], windows)
@@ -232,7 +212,7 @@ def compile_steps(run: Run, with_eval: bool = True):
     replicated = NamedSharding(run.mesh, P())
     rows_sharding = NamedSharding(run.mesh, P(run.batch_sharding.spec[0]))
     train_step = jax.jit(
-        make_train_step(apply_fn, run.tx, run.schedule, config.microbatches),
+        make_train_step(apply_fn, run.tx, run.schedule, config.microbatches, config.noise_scale),
         in_shardings=(run.state_shardings, run.batch_sharding),
         out_shardings=(run.state_shardings, replicated),
         donate_argnums=0)
@@ -365,9 +345,13 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
 
     # Restore or initialise.
     record = {"wall_time": 0.0, "train_time": 0.0}
+    b_small, b_big = config.batch_size // config.microbatches, config.batch_size
+    noise_ema = noise_smoothing.NoiseScaleEMA(config.noise_scale_ema_tokens, n_ctx)
+    noise_skip = config.resolved_noise_scale_skip_steps
     if latest is not None:
         target = partitioning.abstract_with_shardings(run.abstract_state, run.state_shardings)
         state, record = ckpt.restore(latest, target)
+        noise_ema.load_state_dict(record.get("noise_ema"))
         start_step = int(record["data_step"])
         if start_step != int(jax.device_get(state["step"].addressable_data(0))):
             raise RuntimeError(f"checkpoint {latest}: data position {start_step} != optimizer step")
@@ -446,7 +430,10 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
         last_loss = loss
         window["losses"].append(loss)
         if "gns_s_small" in values:
-            window["gns"].append((float(values["gns_s_small"]), float(values["gns_s_big"])))
+            s_small, s_big = float(values["gns_s_small"]), float(values["gns_s_big"])
+            window["gns"].append((s_small, s_big))
+            if step > noise_skip:  # the warm-up transient is flushed (noise-scale.md §1.4)
+                noise_ema.update(s_small, s_big, b_small, b_big)
         values["_step"] = step
         window["last"] = values
 
@@ -473,9 +460,14 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
             # with their batch sizes in sequences.
             rec["gns_s_small"] = float(np.mean([s for s, _ in window["gns"]]))
             rec["gns_s_big"] = float(np.mean([b for _, b in window["gns"]]))
-            rec["gns_b_small"] = config.batch_size // config.microbatches
-            rec["gns_b_big"] = config.batch_size
+            rec["gns_b_small"] = b_small
+            rec["gns_b_big"] = b_big
             rec["gns_steps"] = len(window["gns"])
+            # Smoothed: EMA(trΣ)/EMA(|G|²), a ratio of averages (null until the EMA has started).
+            rec["gns_g2_ema"] = noise_ema.g2_mean
+            rec["gns_trace_ema"] = noise_ema.trace_mean
+            rec["b_simple"] = noise_ema.b_simple_tokens
+            rec["b_simple_sequences"] = noise_ema.b_simple_sequences
         if lead:
             metrics_log.append(rec)
             tb.scalars(step, {k: v for k, v in rec.items() if k != "step"}, prefix="train/")
@@ -488,7 +480,7 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
                "wall_time": record["wall_time"] + time.time() - wall_start,
                "train_time": record["train_time"] + session_train_time,
                "best_eval_loss": best_loss if math.isfinite(best_loss) else None,
-               "best_eval_step": best_step}
+               "best_eval_step": best_step, "noise_ema": noise_ema.state_dict()}
         if lead:
             metrics_log.sync()
             eval_log.sync()
@@ -576,6 +568,8 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
         "batch_size": config.batch_size,
         "batch_tokens": batch_tokens,
         "microbatches": config.microbatches,
+        "b_simple": noise_ema.b_simple_tokens if config.noise_scale else None,
+        "b_simple_sequences": noise_ema.b_simple_sequences if config.noise_scale else None,
         "compute_flops": flops_per_token * tokens,
         "compute_pf_days": flops_per_token * tokens / accounting.PF_DAY,
         "compute_pf_days_with_context": model_info["flops_per_token_with_context"] * tokens / accounting.PF_DAY,

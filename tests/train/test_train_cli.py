@@ -59,7 +59,7 @@ def test_unknown_gin_binding_names_it_and_its_file(tmp_path):
 def test_batch_not_divisible_by_data_parallel_size(tmp_path):
     workdir = tmp_path / "w"
     result = run_cli("--gin_file=gin/smoke.gin", "--gin_param=TrainConfig.batch_size=12",
-                     "--gin_param=TrainConfig.microbatches=1", "--gin_param=MeshConfig.data=8", f"--workdir={workdir}",
+                     "--gin_param=TrainConfig.microbatches=1", "--gin_param=TrainConfig.noise_scale=False", "--gin_param=MeshConfig.data=8", f"--workdir={workdir}",
                      devices=8)
     assert result.returncode == 2
     assert "batch_size=12" in result.stderr and "data-parallel size 8" in result.stderr
