@@ -51,7 +51,7 @@ def time_train_step(model_config, batch: int = BATCH, steps: int = 10) -> dict:
 
     data = _RandomData(train=_RandomLoader(model_config.n_ctx, batch))
     config = TrainConfig(model=model_config, batch_size=batch, num_steps=steps + 2, learning_rate=1e-3,
-                         warmup_steps=1)
+                         warmup_steps=1, microbatches=1, noise_scale=False)
     run = trainer.setup(config, data=data)
     train_step, _, compile_s = trainer.compile_steps(run, with_eval=False)
     state = run.init_state()

@@ -19,7 +19,7 @@ def test_grad_accumulation_matches_one_large_batch(synthetic_data):
     results = {}
     for k in (1, 4):
         cfg = TrainConfig(model=MODEL, batch_size=16, num_steps=4, learning_rate=3e-3, warmup_steps=1,
-                          microbatches=k, mesh=MeshConfig(data=2, fsdp=1, tensor=1))
+                          microbatches=k, noise_scale=k > 1, mesh=MeshConfig(data=2, fsdp=1, tensor=1))
         run = trainer.setup(cfg, data=data, devices=jax.devices()[:2])
         step_fn, _, _ = trainer.compile_steps(run, with_eval=False)
         state, history = run.init_state(), []

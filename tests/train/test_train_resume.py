@@ -27,7 +27,7 @@ STEPS = 20
 def make_config(mesh=MeshConfig(data=1), **kw):
     base = dict(model=MODEL, batch_size=16, num_steps=STEPS, learning_rate=3e-3, warmup_steps=3,
                 log_every=1, eval_every=10, checkpoint_every=10, keep_checkpoints=2, progress_bar=False,
-                mesh=mesh)
+                microbatches=2, mesh=mesh)  # K=2: microbatches of 8 rows shard over 8 devices
     base.update(kw)
     return TrainConfig(**base)
 

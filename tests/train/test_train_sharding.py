@@ -22,7 +22,8 @@ MESHES = {
 
 def config(optimizer, mesh, **kw):
     return TrainConfig(model=MODEL, batch_size=16, num_steps=5, learning_rate=3e-3, warmup_steps=1,
-                       optimizer=optimizer, adafactor_min_dim_to_factor=16, mesh=mesh, **kw)
+                       optimizer=optimizer, adafactor_min_dim_to_factor=16, mesh=mesh,
+                       microbatches=kw.pop("microbatches", 2), **kw)
 
 
 def run_steps(cfg, data, devices, steps=5):
