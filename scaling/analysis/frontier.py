@@ -163,4 +163,14 @@ def gin_text(p: dict, command: str) -> str:
         "TrainConfig.model = @TransformerConfig()",
         f"TrainConfig.batch_size = {p['batch_size']}        # global batch in sequences (B_crit tokens / n_ctx)",
         f"TrainConfig.num_steps = {p['num_steps']}",
+        *_noise_scale_lines(p["batch_size"]),
         ""])
+
+
+def _noise_scale_lines(batch_size: int) -> list[str]:
+    """K microbatches for the in-step noise-scale estimator: the largest of 4, 2 that divides B."""
+    k = next((k for k in (4, 2) if batch_size % k == 0), 1)
+    if k == 1:
+        return ["TrainConfig.microbatches = 1",
+                "TrainConfig.noise_scale = False  # one sequence per step: no second gradient sample"]
+    return [f"TrainConfig.microbatches = {k}  # noise-scale estimator: K strided microbatches"]

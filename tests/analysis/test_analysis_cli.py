@@ -157,6 +157,15 @@ def test_planned_gin_loads_into_the_trainer_config(tmp_path):
         gin.clear_config()
     assert tc.batch_size == p["batch_size"] and tc.num_steps == p["num_steps"]
     assert tc.model.d_model == p["shape"]["d_model"] and tc.model.n_layer == p["shape"]["n_layer"]
+    # The noise-scale estimator's K divides the planned batch (else TrainConfig would have refused).
+    assert tc.batch_size % tc.microbatches == 0 and (tc.microbatches >= 2 or not tc.noise_scale)
+
+
+@pytest.mark.parametrize("batch, k", [(1, 1), (6, 2), (64, 4), (3, 1)])
+def test_planned_noise_scale_microbatches_divide_the_batch(batch, k):
+    lines = frontier._noise_scale_lines(batch)
+    assert lines[0].startswith(f"TrainConfig.microbatches = {k}")
+    assert any("noise_scale = False" in l for l in lines) == (k == 1)
 
 
 def test_choose_shape_tracks_target_and_aspect():
