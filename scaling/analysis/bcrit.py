@@ -114,3 +114,53 @@ def bootstrap_bcrit_scan(target, B, S, runs, n_boot=200, seed=0):
             continue
         out[r] = fit.B_star, fit.alpha_B
     return out
+
+
+def fit_steps_vs_batch_many(B, S, weights, iters: int = 60):
+    """`fit_steps_vs_batch` for many weight vectors at once (bootstrap replicates), vectorised in numpy.
+
+    B, S: (n,) batch tokens and steps (NaN S = target not reached: zero weight); weights: (R, n).
+    Returns (S_min, E_min) arrays of shape (R,), NaN where fewer than 2 distinct batch sizes carry weight.
+    Levenberg-Marquardt on the log parameters, from the same weighted linear start.
+    """
+    B, S = np.asarray(B, dtype=np.float64), np.asarray(S, dtype=np.float64)
+    reached = np.isfinite(S)
+    W = np.atleast_2d(np.asarray(weights, dtype=np.float64)) * reached
+    S = np.where(reached, S, 1.0)  # weight 0: any finite value keeps the arithmetic clean
+    ok = np.array([len(np.unique(B[w > 0])) >= 2 for w in W])
+    if not reached.any() or len(np.unique(B[reached])) < 2:
+        return np.full(len(W), np.nan), np.full(len(W), np.nan)
+    W = np.where(ok[:, None], W, reached * 1.0)  # degenerate replicates: placeholder rows, masked at the end
+    X = np.stack([np.ones_like(B), 1.0 / B], axis=1)
+    A = np.einsum("rn,ni,nj->rij", W, X, X) + 1e-300 * np.eye(2)
+    lin = np.linalg.solve(A, np.einsum("rn,ni,n->ri", W, X, S)[..., None])[..., 0]
+    floor = S[reached].min() * 1e-3
+    theta = np.log(np.maximum(lin, [floor, floor * B[reached].min()]))
+    log_s = np.log(S)
+
+    def cost_and_parts(th):
+        a, e = np.exp(th[:, :1]), np.exp(th[:, 1:])
+        p = a + e / B
+        r = np.log(p) - log_s
+        return np.sum(W * r ** 2, axis=1), r, a / p, e / (B * p)
+
+    cost, r, j0, j1 = cost_and_parts(theta)
+    lam = np.full(len(W), 1e-3)
+    for _ in range(iters):
+        h00, h01, h11 = (np.sum(W * j0 * j0, 1), np.sum(W * j0 * j1, 1), np.sum(W * j1 * j1, 1))
+        g0, g1 = np.sum(W * j0 * r, 1), np.sum(W * j1 * r, 1)
+        a00, a11 = h00 * (1 + lam), h11 * (1 + lam)
+        det = a00 * a11 - h01 ** 2
+        det = np.where(np.abs(det) > 0, det, np.inf)
+        step = np.stack([-(a11 * g0 - h01 * g1) / det, -(a00 * g1 - h01 * g0) / det], axis=1)
+        new = theta + step
+        new_cost, new_r, new_j0, new_j1 = cost_and_parts(new)
+        better = new_cost < cost
+        theta = np.where(better[:, None], new, theta)
+        cost = np.where(better, new_cost, cost)
+        r = np.where(better[:, None], new_r, r)
+        j0 = np.where(better[:, None], new_j0, j0)
+        j1 = np.where(better[:, None], new_j1, j1)
+        lam = np.where(better, lam / 3, lam * 4)
+    s_min, e_min = np.exp(theta[:, 0]), np.exp(theta[:, 1])
+    return np.where(ok, s_min, np.nan), np.where(ok, e_min, np.nan)

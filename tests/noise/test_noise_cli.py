@@ -1,0 +1,91 @@
+"""`python -m experiments.noise_scale`: a sweep root (per-run noise_scale.json/png, noise/bcrit.json/png,
+noise/smin_cmin.csv as the contract says), a clear error without noise sums, and one real tiny training run."""
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+from test_noise_batch_scan import write_run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCAN = [(1e6, 2 ** k) for k in (14, 16, 18, 20, 21)] + [(4e6, 2 ** k) for k in (15, 17, 19, 21)]
+
+
+def run_cli(*args, devices=1, timeout=300):
+    env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    return subprocess.run([sys.executable, "-m", "experiments.noise_scale", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def write_root(root, gns=True):
+    runs = os.path.join(root, "runs")
+    rows = []
+    for i, (n, b) in enumerate(SCAN):
+        name = f"scan_n{int(n)}_b{b}"
+        write_run(runs, name, n, b, seed=i, gns=gns)
+        rows.append({"run": name, "group": "batch_scan", "status": "finished", "workdir": f"runs/{name}",
+                     "model": f"m{int(n)}", "batch_tokens": b})
+    write_run(runs, "ladder_small", 1e6, 2 ** 17, gns=gns)
+    rows.append({"run": "ladder_small", "group": "ladder", "status": "finished", "workdir": "runs/ladder_small",
+                 "model": "m1000000", "batch_tokens": 2 ** 17})
+    rows.append({"run": "never_ran", "group": "batch_scan", "status": "failed", "workdir": "runs/never_ran",
+                 "model": "m1000000", "batch_tokens": 2 ** 16})
+    with open(os.path.join(root, "runs.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_root_writes_bcrit_and_per_run_outputs(tmp_path):
+    root = str(tmp_path)
+    write_root(root)
+    result = run_cli(f"--root={root}", "--bootstrap=40", "--targets=12")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "B_crit(L) =" in result.stdout
+    for name in ("scan_n1000000_b16384", "ladder_small"):
+        with open(os.path.join(root, "runs", name, "noise_scale.json")) as f:
+            per_run = json.load(f)
+        assert per_run["by_loss"] and per_run["by_tokens"] and per_run["overall"]["b_simple"] > 0
+        assert os.path.getsize(os.path.join(root, "runs", name, "noise_scale.png")) > 1000
+    with open(os.path.join(root, "noise", "bcrit.json")) as f:
+        bc = json.load(f)
+    for key in ("B_star", "alpha_B", "ci95", "per_target", "n_runs", "models", "b_simple_vs_loss", "paper"):
+        assert key in bc, key
+    assert set(bc["ci95"]) >= {"B_star", "alpha_B"} and len(bc["ci95"]["alpha_B"]) == 2
+    assert bc["paper"] == {"B_star": 2.1e8, "alpha_B": 0.21}
+    assert bc["n_runs"] == len(SCAN) and bc["models"] == ["m1000000", "m4000000"]
+    assert abs(bc["alpha_B"] - 0.21) < 0.03  # the synthetic scan's law
+    for p in bc["per_target"]:
+        assert {"target_loss", "S_min", "E_min", "B_crit", "B_crit_lo", "B_crit_hi", "bracketed"} <= set(p)
+    assert {"run", "loss", "b_simple", "lo", "hi"} <= set(bc["b_simple_vs_loss"][0])
+    assert os.path.getsize(os.path.join(root, "noise", "bcrit.png")) > 1000
+    with open(os.path.join(root, "noise", "smin_cmin.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["run", "n_params_nonembedding", "batch_tokens", "step", "tokens", "loss", "S_min",
+                             "E_min", "C_min_pf_days"]
+    assert {r["run"] for r in rows} == {f"scan_n{int(n)}_b{b}" for n, b in SCAN}  # batch_scan runs only
+    assert all(float(r["S_min"]) < float(r["step"]) for r in rows)
+
+
+def test_root_without_noise_sums_is_a_clear_error(tmp_path):
+    write_root(str(tmp_path), gns=False)
+    result = run_cli(f"--root={tmp_path}")
+    assert result.returncode == 2
+    assert "no runs with gns_s_small" in result.stderr and "microbatches >= 2" in result.stderr
+    assert not os.path.exists(tmp_path / "noise")
+
+
+def test_real_tiny_training_run(tmp_path):
+    workdir = str(tmp_path / "smoke")
+    result = run_cli("--gin_file=gin/smoke.gin", "--gin_param=TrainConfig.num_steps=16",
+                     "--gin_param=TrainConfig.eval_every=8", "--bootstrap=50", f"--workdir={workdir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(workdir, "noise_scale.json")) as f:
+        ns = json.load(f)
+    assert ns["n_ctx"] == 64 and ns["b_small"] == [4] and ns["b_big"] == [16] and ns["skip_steps"] == 5
+    assert math.isfinite(ns["overall"]["b_simple"]) and ns["overall"]["steps"] == 10  # steps 7..16
+    assert ns["ema"] and all(math.isfinite(r["b_simple"]) for r in ns["ema"])
+    assert os.path.getsize(os.path.join(workdir, "noise_scale.png")) > 1000
+    assert "[noise_scale] smoke:" in result.stdout
