@@ -152,3 +152,55 @@ def plot_bcrit(record, path):
     ax.set_ylabel("B_crit (tokens)")
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+# --- report figures: panels of series, each series a dict ---------------------------------------------
+def _draw_series(ax, s, colour):
+    kind = s.get("kind", "line")
+    x, y = np.asarray(s["x"], dtype=float), np.asarray(s["y"], dtype=float)
+    kw = dict(color=s.get("color", colour), label=s.get("label"), alpha=s.get("alpha", 1.0))
+    if kind == "scatter":
+        ax.scatter(x, y, s=s.get("size", 18), marker=s.get("marker", "o"), zorder=3, **kw)
+    elif kind == "errorbar":
+        yerr = np.abs(np.asarray(s["yerr"], dtype=float))
+        ax.errorbar(x, y, yerr=yerr, fmt=s.get("marker", "o"), ms=4, capsize=2, **kw)
+    elif kind == "band":
+        ax.fill_between(x, np.asarray(s["lo"], dtype=float), np.asarray(s["hi"], dtype=float),
+                        color=s.get("color", colour), alpha=s.get("alpha", 0.2), label=s.get("label"))
+    else:
+        ax.plot(x, y, ls=s.get("ls", "-"), lw=s.get("lw", 1.5), **kw)
+
+
+def plot_panels(path: str, panels: list, title: str | None = None):
+    """Side-by-side panels; each panel is dict(title, xlabel, ylabel, xlog, ylog, series=[...], note).
+
+    A series is dict(x, y, kind=line|scatter|errorbar|band, label, color, ls, yerr, lo, hi); series
+    without a colour take successive viridis colours (`colormap` in the panel, or per-series `color`).
+    Learning-curve families (many runs) use `cmap_index` in [0, 1] to share one colour scale.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.3), squeeze=False)
+    cmap = plt.get_cmap("viridis")
+    for ax, panel in zip(axes[0], panels):
+        series = panel.get("series", [])
+        auto = [id(s) for s in series if "color" not in s and "cmap_index" not in s]  # by identity: dicts hold arrays
+        for s in series:
+            if "cmap_index" in s:
+                colour = cmap(0.9 * float(s["cmap_index"]))
+            elif id(s) in auto:
+                colour = cmap(0.9 * auto.index(id(s)) / max(len(auto) - 1, 1))
+            else:
+                colour = None
+            _draw_series(ax, s, colour)
+        ax.set_xscale("log" if panel.get("xlog", True) else "linear")
+        ax.set_yscale("log" if panel.get("ylog", False) else "linear")
+        ax.set_xlabel(panel.get("xlabel", ""))
+        ax.set_ylabel(panel.get("ylabel", ""))
+        ax.set_title(panel.get("title", ""), fontsize=9)
+        if panel.get("note"):
+            ax.text(0.02, 0.02, panel["note"], transform=ax.transAxes, fontsize=7, va="bottom",
+                    bbox=dict(facecolor="white", alpha=0.7, lw=0))
+        if any(s.get("label") for s in series):
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
