@@ -2,18 +2,138 @@
 
 A checkpoint holds the train state pytree (step, params, optimizer state, RNG key data) and a small
 JSON record (data position = next step of the step-indexed loader, tokens seen, wall time, best eval
-loss). Saves are asynchronous; orbax writes each step to a temporary directory and renames it on
-completion, so a crash mid-save never leaves a half-written checkpoint that `latest_step` returns.
-Restoring takes a target tree of ShapeDtypeStructs *with shardings*, so a checkpoint written on 8
-devices restores on 1 (and back): orbax reads each shard it needs from the saved arrays.
+loss, and a checksum of the state). Saves are asynchronous; orbax writes each step to a temporary
+directory and renames it on completion, so a crash mid-save never leaves a half-written checkpoint
+that `latest_step` returns. Restoring takes a target tree of ShapeDtypeStructs *with shardings*, so a
+checkpoint written on 8 devices restores on 1 (and back): orbax reads each shard it needs.
+
+Reliability (tests/reliability/):
+- `restore_latest_good` tries the newest step first; a step that fails to restore (truncated or
+  garbled files, or a state whose checksum does not match the one recorded at save time) is reported
+  on stderr, moved aside to ``<workdir>/checkpoints.corrupt/<step>-<UTC time>`` (never deleted) and
+  the next older step is tried. If none restores it raises `NoGoodCheckpointError` unless the caller
+  allows a fresh start.
+- A checkpoint with non-finite parameters is never written (`NonFiniteStateError`).
+- A failed write (disk full, permissions, ...) raises `CheckpointWriteError` naming the step and the
+  last checkpoint that is intact on disk; orbax never touches the older steps on a failed save.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from typing import Any
+import shutil
+import sys
+import time
+from typing import Any, Callable
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
+from scaling import fileio
+
+CORRUPT_DIR = "checkpoints.corrupt"
+
+
+class CheckpointWriteError(OSError):
+    """Saving a checkpoint failed; the previous checkpoints on disk are intact."""
+
+    def __init__(self, step: int, directory: str, cause: BaseException, last_good: int | None):
+        self.step, self.last_good = step, last_good
+        kept = (f"the last complete checkpoint is step {last_good}" if last_good is not None
+                else "no earlier checkpoint exists")
+        super().__init__(f"could not write checkpoint {step} in {directory}: {type(cause).__name__}: {cause}; "
+                         f"{kept} (untouched). Free disk space / fix permissions and rerun the same command "
+                         f"to resume from it.")
+
+
+class NoGoodCheckpointError(RuntimeError):
+    """Checkpoints exist but none restores; nothing is started unless a fresh start is allowed."""
+
+
+class NonFiniteStateError(FloatingPointError):
+    """Refused to write a checkpoint whose parameters contain NaN/Inf."""
+
+
+def set_aside(path: str) -> str | None:
+    """Renames a non-empty file to ``<path>.before-<UTC time>`` (nothing is deleted); returns the new name."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return None
+    target = f"{path}.before-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    os.replace(path, target)
+    return target
+
+
+def output_path(workdir: str, name: str) -> str:
+    """``workdir/name`` for a run output, refusing names that would write outside the workdir.
+
+    Names may come from configs (sweep run names, output file names): an absolute path, ``..`` or a
+    symlink pointing out of the workdir is an error, never a silent write elsewhere.
+    """
+    if not name or os.path.isabs(name):
+        raise ValueError(f"output name {name!r} must be a relative path inside the workdir {workdir}")
+    root = os.path.realpath(workdir)
+    path = os.path.realpath(os.path.join(root, name))
+    if os.path.commonpath([root, path]) != root or path == root:
+        raise ValueError(f"output name {name!r} escapes the workdir {workdir} (resolves to {path}); "
+                         "use a plain relative name")
+    return path
+
+
+# --- state checks (on device, any sharding, any number of hosts) ----------------------------------
+
+def _leaf_sum(x):
+    """Wrapping uint32 sum of the bit patterns of a leaf: changes if any element's bits change."""
+    x = jnp.asarray(x)
+    if x.dtype == jnp.bool_:
+        x = x.astype(jnp.uint8)
+    size = x.dtype.itemsize
+    if size == 4:
+        bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    elif size == 2:
+        bits = jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
+    elif size == 1:
+        bits = jax.lax.bitcast_convert_type(x, jnp.uint8).astype(jnp.uint32)
+    else:  # 8-byte leaves (x64 mode): two uint32 words each
+        bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    # Weight by position so that swapped elements are caught too (all arithmetic wraps mod 2**32).
+    index = jnp.arange(bits.size, dtype=jnp.uint32).reshape(bits.shape) * jnp.uint32(2654435761)
+    return jnp.sum(bits * (index | jnp.uint32(1)), dtype=jnp.uint32)
+
+
+@jax.jit
+def _inspect(state):
+    params_finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(state["params"])
+                                         if jnp.issubdtype(p.dtype, jnp.inexact)] or [True]))
+    sums = jnp.stack([_leaf_sum(x) for x in jax.tree.leaves(state)])
+    return params_finite, sums
+
+
+def _fetch(x) -> np.ndarray:
+    return np.asarray(jax.device_get(x.addressable_data(0)))
+
+
+def inspect_state(state: Any) -> tuple[bool, str]:
+    """(all parameters finite, checksum of the whole state). Same on every mesh and host count."""
+    finite, sums = _inspect(state)
+    return bool(_fetch(finite)), hashlib.sha256(_fetch(sums).astype("<u4").tobytes()).hexdigest()[:32]
+
+
+def params_sha256(params: Any) -> str | None:
+    """sha256 of every parameter's path, dtype, shape and bytes (single process only, else None)."""
+    if jax.process_count() != 1:
+        return None
+    digest = hashlib.sha256()
+    for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(params), key=lambda kv: jax.tree_util.keystr(kv[0])):
+        value = np.asarray(jax.device_get(leaf))
+        digest.update(f"{jax.tree_util.keystr(path)}|{value.dtype}|{value.shape}|".encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    return digest.hexdigest()
+
+
+# --- the manager ---------------------------------------------------------------------------------
 
 class Checkpointer:
     """keep-last-n, async orbax CheckpointManager under ``<workdir>/checkpoints``."""
@@ -28,6 +148,9 @@ class Checkpointer:
             create=True,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._last_durable = self.latest_step()   # newest step known complete on disk
+        self._in_flight: int | None = None
+        self.discarded_steps: list[int] = []      # steps moved aside by restore_latest_good
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -36,19 +159,203 @@ class Checkpointer:
         return list(self.manager.all_steps())
 
     def save(self, step: int, state: Any, record: dict) -> None:
-        """Starts saving (asynchronously); `wait` blocks until it is on disk."""
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)), force=True)
+        """Starts saving (asynchronously); `wait` blocks until it is on disk.
 
-    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
-        """Restores ``step`` into the layout of ``abstract_state`` (ShapeDtypeStructs with shardings)."""
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()))
-        return restored["state"], dict(restored["record"])
+        Refuses non-finite parameters; stores a checksum of the state in the record so that a
+        checkpoint garbled on disk is detected at restore time.
+        """
+        finite, checksum = inspect_state(state)
+        if not finite:
+            raise NonFiniteStateError(f"refusing to write checkpoint {step}: the parameters contain NaN/Inf; "
+                                      f"the last good checkpoint is step {self._last_durable} in {self.directory}")
+        self.wait()  # an error of the previous async save surfaces here, naming its step
+        record = dict(record, state_checksum=checksum)
+        try:
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)), force=True)
+        except Exception as e:  # noqa: BLE001  (any storage error: report it with what is intact)
+            raise CheckpointWriteError(step, self.directory, e, self._last_durable) from e
+        self._in_flight = step
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Blocks until the pending save is on disk; a failed write raises CheckpointWriteError."""
+        step, self._in_flight = self._in_flight, None
+        try:
+            self.manager.wait_until_finished()
+            self.manager.check_for_errors()
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointWriteError(step if step is not None else -1, self.directory, e,
+                                       self._last_durable) from e
+        if step is not None:
+            self._last_durable = step
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+        """Restores ``step`` into the layout of ``abstract_state`` (ShapeDtypeStructs with shardings).
+
+        Raises ValueError if the restored state does not match the checksum recorded at save time.
+        """
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()))
+        state, record = restored["state"], dict(restored["record"])
+        expected = record.get("state_checksum")
+        if expected is not None:
+            finite, checksum = inspect_state(state)
+            if checksum != expected:
+                raise ValueError(f"state checksum {checksum} != {expected} recorded when it was saved "
+                                 "(the files were changed on disk)")
+            if not finite:
+                raise ValueError("the restored parameters contain NaN/Inf")
+        return state, record
+
+    def move_aside(self, step: int) -> str:
+        """Moves a step's directory to checkpoints.corrupt/ (kept for inspection); returns where."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        parent = os.path.join(os.path.dirname(self.directory), CORRUPT_DIR)
+        os.makedirs(parent, exist_ok=True)
+        target = os.path.join(parent, f"{step}-{stamp}")
+        suffix = 0
+        while os.path.exists(target):
+            suffix += 1
+            target = os.path.join(parent, f"{step}-{stamp}-{suffix}")
+        shutil.move(os.path.join(self.directory, str(step)), target)
+        self.manager.reload()
+        self._last_durable = self.latest_step()
+        return target
+
+    def restore_latest_good(self, abstract_state: Any, *, allow_fresh_start: bool = False,
+                            warn: Callable[[str], None] | None = None) -> tuple[int, Any, dict] | None:
+        """(step, state, record) of the newest step that restores; None if there is no checkpoint.
+
+        Steps that fail are reported, moved aside (process 0) and skipped. If checkpoints existed but
+        none restores: NoGoodCheckpointError, or None when ``allow_fresh_start``.
+        """
+        warn = warn or (lambda message: print(message, file=sys.stderr, flush=True))
+        failures = []
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                state, record = self.restore(step, abstract_state)
+            except Exception as e:  # noqa: BLE001  (truncated/garbled files fail in many ways)
+                error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
+                moved = self.move_aside(step) if jax.process_index() == 0 else "(left for process 0)"
+                warn(f"WARNING: checkpoint step {step} in {self.directory} cannot be restored ({error}); "
+                     f"moved it to {moved} and falling back to the previous checkpoint")
+                failures.append((step, error))
+                self.discarded_steps.append(step)
+                continue
+            return step, state, record
+        if not failures:
+            return None
+        listed = "; ".join(f"step {s}: {e}" for s, e in failures)
+        if allow_fresh_start:
+            warn(f"WARNING: no checkpoint in {self.directory} could be restored ({listed}); starting from "
+                 f"scratch as requested (the corrupt ones are in {CORRUPT_DIR}/)")
+            return None
+        raise NoGoodCheckpointError(
+            f"no checkpoint in {self.directory} can be restored ({listed}); they were moved to "
+            f"{os.path.join(os.path.dirname(self.directory), CORRUPT_DIR)}. Refusing to start over silently: rerun "
+            f"with --from_scratch_if_corrupt (train(..., from_scratch_if_corrupt=True)) to train from step 0")
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()
+
+
+# --- workdir ownership ---------------------------------------------------------------------------
+
+FINGERPRINT_FILE = "run_fingerprint.json"
+
+
+class WorkdirConfigError(ValueError):
+    """The workdir holds a run with a different configuration (refused unless overwrite)."""
+
+
+def fingerprint(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=repr).encode()).hexdigest()
+
+
+def _describe_diff(old: dict, new: dict, limit: int = 8) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    diff = [f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in keys if old.get(k) != new.get(k)]
+    return diff[:limit] + ([f"... and {len(diff) - limit} more"] if len(diff) > limit else [])
+
+
+def has_outputs(workdir: str) -> bool:
+    return os.path.isdir(workdir) and any(not n.startswith("previous-") for n in os.listdir(workdir))
+
+
+def check_workdir(workdir: str, fields: dict, *, overwrite: bool = False,
+                  resume_changed_config: bool = False, structural: tuple = ()) -> None:
+    """Refuses a workdir that belongs to a run with different settings (read-only; call before setup).
+
+    ``fields`` is TrainConfig's fingerprint dict (config.fingerprint_fields). A workdir written before
+    fingerprints existed (outputs but no file) is adopted. ``resume_changed_config`` accepts changed
+    hyperparameters (e.g. a lower learning rate after a NaN) but never structural ones (``structural``
+    key prefixes: model shape, optimizer) that the saved state could not restore into.
+    """
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise WorkdirConfigError(f"workdir {workdir} exists and is not a directory; pass another --workdir")
+    path = os.path.join(workdir, FINGERPRINT_FILE)
+    if overwrite or not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            owner = json.load(f)
+        old = owner["config"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise WorkdirConfigError(f"{path} is unreadable ({e}); it records which configuration owns the "
+                                 f"workdir. Rerun with --overwrite to move the old outputs aside and start "
+                                 f"fresh") from None
+    if fingerprint(old) == fingerprint(fields):
+        return
+    diff = _describe_diff(old, fields)
+    changed = [k for k in set(old) | set(fields) if old.get(k) != fields.get(k)]
+    blocking = [k for k in changed if k.startswith(structural)] if resume_changed_config else changed
+    if blocking:
+        hint = ("these settings change the shape of the saved state, so it cannot be resumed; "
+                if resume_changed_config else
+                "rerun with --overwrite to move the old outputs aside (kept under previous-<time>/) and "
+                "start fresh, use --resume_changed_config to resume it with changed hyperparameters, or ")
+        raise WorkdirConfigError(
+            f"workdir {workdir} belongs to a run with a different configuration ({'; '.join(diff)}); "
+            f"refusing to mix two runs in one workdir: {hint}pick another --workdir")
+
+
+def claim_workdir(workdir: str, fields: dict, *, overwrite: bool = False, resume_changed_config: bool = False,
+                  lead: bool = True) -> str | None:
+    """Creates/claims the workdir for this configuration (after setup validated the config).
+
+    With ``overwrite`` the previous outputs are moved into ``workdir/previous-<UTC time>/`` (nothing is
+    deleted) so the run starts fresh; returns that directory (or None). Writes run_fingerprint.json.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    if not lead:
+        return None
+    moved = None
+    if overwrite and has_outputs(workdir):
+        moved = os.path.join(workdir, "previous-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+        suffix = 0
+        while os.path.exists(moved):
+            suffix += 1
+            moved = f"{moved.rsplit('~', 1)[0]}~{suffix}"
+        os.makedirs(moved)
+        for name in os.listdir(workdir):
+            if not name.startswith("previous-"):
+                shutil.move(os.path.join(workdir, name), os.path.join(moved, name))
+        print(f"--overwrite: moved the previous outputs of {workdir} to {moved}", file=sys.stderr, flush=True)
+    path = os.path.join(workdir, FINGERPRINT_FILE)
+    record = {"fingerprint": fingerprint(fields), "config": fields}
+    if os.path.exists(path) and not moved:
+        try:
+            with open(path) as f:
+                previous = json.load(f)
+        except (OSError, ValueError):
+            previous = {}
+        if previous.get("fingerprint") == record["fingerprint"]:
+            return moved
+        if resume_changed_config:  # keep the history of accepted changes
+            record["history"] = previous.get("history", []) + [
+                {"fingerprint": previous.get("fingerprint"), "config": previous.get("config"),
+                 "replaced_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]
+
+    fileio.write_json_atomic(path, record)
+    return moved

@@ -13,6 +13,7 @@ import gin
 
 OPTIMIZERS = ("adam", "adamw", "adafactor")
 SCHEDULES = ("cosine", "constant", "wsd")
+NONFINITE = ("stop", "skip")
 
 
 @gin.configurable
@@ -73,6 +74,13 @@ class TrainConfig:
     async_checkpointing: bool = True
     progress_bar: bool | None = None    # None = only when stderr is a terminal
 
+    # Non-finite loss or gradient norm: "stop" raises NonFiniteLossError naming the step and the last
+    # good checkpoint; "skip" leaves params and optimizer state unchanged for that step (decided inside
+    # the jitted step, so it is deterministic), counts it (metrics skipped_steps) and stops after
+    # max_skipped_steps consecutive skips. A checkpoint with non-finite parameters is never written.
+    nonfinite: str = "stop"             # one of NONFINITE
+    max_skipped_steps: int = 10
+
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
 
     def __post_init__(self):
@@ -82,8 +90,10 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be a positive int, got {value!r}")
 
         for name in ("batch_size", "num_steps", "microbatches", "eval_every", "log_every",
-                     "checkpoint_every", "keep_checkpoints"):
+                     "checkpoint_every", "keep_checkpoints", "max_skipped_steps"):
             positive(name)
+        if self.nonfinite not in NONFINITE:
+            raise ValueError(f"TrainConfig.nonfinite={self.nonfinite!r}; choose one of {NONFINITE}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"TrainConfig.optimizer={self.optimizer!r}; choose one of {OPTIMIZERS}")
         if self.schedule not in SCHEDULES:
@@ -123,3 +133,47 @@ class TrainConfig:
     @property
     def resolved_eval_batch_size(self) -> int:
         return self.eval_batch_size or self.batch_size
+
+
+# --- workdir ownership ---------------------------------------------------------------------------
+
+# Knobs that may change between sessions of one run without mixing two different runs: logging,
+# evaluation cadence, checkpoint cadence/retention, the device mesh (a checkpoint restores on any
+# topology), the non-finite policy, and num_steps -- so a finished run can be continued longer (note
+# that the cosine/wsd schedule and a warmup_steps=None default are functions of num_steps, so the
+# LR from the resume point on follows the new length; that is what "continue longer" means here).
+# DataConfig knobs that do not change the data (workers, prefetch, where caches live) likewise.
+FINGERPRINT_EXCLUDED = frozenset({
+    "num_steps", "progress_bar", "log_every", "eval_every", "eval_batch_size", "eval_max_windows",
+    "checkpoint_every", "keep_checkpoints", "async_checkpointing", "mesh", "nonfinite", "max_skipped_steps",
+    "data.num_workers", "data.prefetch", "data.cache_dir", "data.tfds_data_dir",
+})
+# Changes that make the saved state unusable (shapes/structure of params or optimizer state): refused
+# even with resume_changed_config.
+FINGERPRINT_STRUCTURAL = ("model.", "optimizer", "adafactor_min_dim_to_factor", "data.vocabulary",
+                          "data.vocab_size", "data.task")
+
+
+def _flatten(prefix: str, value: Any, out: dict) -> None:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out[f"{prefix}_class"] = type(value).__name__
+        for field in dataclasses.fields(value):
+            _flatten(f"{prefix}{field.name}.", getattr(value, field.name), out)
+    elif isinstance(value, (list, tuple)):
+        out[prefix[:-1]] = repr(tuple(value))
+    elif value is None or isinstance(value, (bool, int, float, str)):
+        out[prefix[:-1]] = value
+    else:
+        out[prefix[:-1]] = repr(value)
+
+
+def fingerprint_fields(config: TrainConfig, data_config: Any = None) -> dict:
+    """The run-defining settings as a flat {dotted.name: value} dict (FINGERPRINT_EXCLUDED left out)."""
+    flat: dict = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if field.name == "data" and value is None:
+            value = data_config
+        _flatten(f"{field.name}.", value, flat)
+    return {k: v for k, v in sorted(flat.items())
+            if k not in FINGERPRINT_EXCLUDED and not any(k.startswith(f"{x}.") for x in FINGERPRINT_EXCLUDED)}

@@ -36,8 +36,9 @@ import models
 from models import accounting
 from scaling import configurables, fileio
 from scaling.noise import estimator as noise_estimator, smoothing as noise_smoothing
-from scaling.train import checkpointing, metrics as metrics_lib, mfu as mfu_lib, optimizers, partitioning
+from scaling.train import checkpointing, distributed, metrics as metrics_lib, mfu as mfu_lib, optimizers, partitioning
 from scaling.train import eval as eval_lib
+from scaling.train import config as config_lib
 from scaling.train.config import TrainConfig
 
 # Identical random init whatever the mesh: partitionable threefry draws the same numbers sharded
@@ -53,7 +54,8 @@ class NonFiniteLossError(FloatingPointError):
         kept = (f"the last good checkpoint is step {last_checkpoint} in {directory}" if last_checkpoint is not None
                 else "no checkpoint had been written yet")
         super().__init__(f"{what} became {value} at step {step}; training stopped and {kept}. "
-                         f"Lower TrainConfig.learning_rate (or raise warmup_steps) and rerun to resume from it.")
+                         f"Lower TrainConfig.learning_rate (or raise warmup_steps) and rerun with "
+                         f"--resume_changed_config to resume from it, or set TrainConfig.nonfinite = 'skip'.")
 
 
 # --- the step ------------------------------------------------------------------------------------
@@ -87,8 +89,13 @@ def make_grad_fn(apply_fn: Callable, microbatches: int, noise_scale: bool = True
 
 
 def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, schedule: Callable,
-                    microbatches: int, noise_scale: bool = True) -> Callable:
-    """state, windows -> new state, metrics. state = {step, params, opt_state, rng}."""
+                    microbatches: int, noise_scale: bool = True, skip_nonfinite: bool = False) -> Callable:
+    """state, windows -> new state, metrics. state = {step, params, opt_state, rng}.
+
+    ``skip_nonfinite`` (TrainConfig.nonfinite='skip'): if the loss or gradient norm is NaN/Inf the
+    params and optimizer state are kept as they were (only the step counter advances, so the data
+    position stays in step); metrics["skipped"] is 1 for such a step.
+    """
     grads_fn = make_grad_fn(apply_fn, microbatches, noise_scale)
 
     def train_step(state, windows):
@@ -96,8 +103,13 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, schedu
         grad_norm = optax.global_norm(grads)  # before clipping
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        new_state = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state)
         step_metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]), **extra}
+        if skip_nonfinite:
+            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+            params, opt_state = keep(params, state["params"]), keep(opt_state, state["opt_state"])
+            step_metrics["skipped"] = 1 - finite.astype(jnp.int32)
+        new_state = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state)
         return new_state, step_metrics
 
     return train_step
@@ -134,9 +146,19 @@ def build_data(config: TrainConfig, n_ctx: int):
     if data_config is None:
         # The gin-registered class (scaling.configurables) applies the DataConfig.* bindings.
         data_config = configurables.DataConfig()
-    return pipeline.build_data(data_config, n_ctx=n_ctx, global_batch_size=config.batch_size,
-                               seed=config.seed, process_index=jax.process_index(),
-                               process_count=jax.process_count())
+    build = lambda: pipeline.build_data(data_config, n_ctx=n_ctx, global_batch_size=config.batch_size,  # noqa: E731
+                                        seed=config.seed, process_index=jax.process_index(),
+                                        process_count=jax.process_count())
+    if jax.process_count() == 1:
+        return build()
+    # Multi-process: process 0 tokenizes (all cores) while the others wait, then they load its cache
+    # (on hosts without a shared filesystem they build their own, after the barrier).
+    if jax.process_index() == 0:
+        data = build()
+        distributed.sync("data-cache-ready")
+        return data
+    distributed.sync("data-cache-ready")
+    return build()
 
 
 def setup(config: TrainConfig, *, data=None, devices: Sequence[jax.Device] | None = None) -> Run:
@@ -212,7 +234,8 @@ def compile_steps(run: Run, with_eval: bool = True):
     replicated = NamedSharding(run.mesh, P())
     rows_sharding = NamedSharding(run.mesh, P(run.batch_sharding.spec[0]))
     train_step = jax.jit(
-        make_train_step(apply_fn, run.tx, run.schedule, config.microbatches, config.noise_scale),
+        make_train_step(apply_fn, run.tx, run.schedule, config.microbatches, config.noise_scale,
+                        skip_nonfinite=config.nonfinite == "skip"),
         in_shardings=(run.state_shardings, run.batch_sharding),
         out_shardings=(run.state_shardings, replicated),
         donate_argnums=0)
@@ -244,16 +267,29 @@ def _local_rows(rows: np.ndarray) -> np.ndarray:
 
 
 class _Preemption:
-    """SIGTERM sets a flag; the loop saves a checkpoint and exits cleanly at the next step."""
+    """SIGTERM sets a flag; the loop saves a checkpoint and exits cleanly at the next step.
+
+    With several processes the signal reaches them at different steps, but they must stop at the
+    same one (saving is collective): JAX's preemption sync manager (started by jax.distributed)
+    catches SIGTERM and ``poll`` reports it on every process at one agreed step. A Python handler
+    would hide the signal from it, so none is installed then.
+    """
 
     def __init__(self):
         self.requested = False
         self._previous = None
+        self._multi_process = jax.process_count() > 1
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        if not self._multi_process and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
+
+    def poll(self, step: int) -> bool:
+        if self._multi_process and not self.requested:
+            from jax.experimental import multihost_utils
+            self.requested = bool(multihost_utils.reached_preemption_sync_point(step))
+        return self.requested
 
     def _handle(self, signum, frame):
         self.requested = True
@@ -310,27 +346,39 @@ def _finished_summary(workdir: str, config: TrainConfig) -> dict | None:
 # --- the loop ------------------------------------------------------------------------------------
 
 def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax.Device] | None = None,
-          after_checkpoint: Callable[[int], None] | None = None) -> dict:
+          after_checkpoint: Callable[[int], None] | None = None, overwrite: bool = False,
+          resume_changed_config: bool = False, from_scratch_if_corrupt: bool = False) -> dict:
     """Trains (or resumes) the run in ``workdir``; returns its summary.
 
     ``data`` (an LMData) and ``devices`` may be injected (tests); by default the data comes from
     TrainConfig.data and the mesh spans all devices. ``after_checkpoint(step)`` is called once a
     checkpoint is durably written (used by the crash-resume test).
     Returns the summary dict; ``status`` is "finished", "already_finished" or "preempted".
+
+    Reliability (checkpointing.py, tests/reliability/): the workdir belongs to one configuration
+    (run_fingerprint.json); a different one is refused unless ``overwrite`` (old outputs moved to
+    previous-<time>/, fresh start) or ``resume_changed_config`` (same model/optimizer, changed
+    hyperparameters). A checkpoint that fails to restore is moved aside and the previous one is used;
+    if none restores the run refuses to start unless ``from_scratch_if_corrupt``.
     """
     wall_start = time.time()
     workdir = os.path.abspath(workdir)
-    finished = _finished_summary(workdir, config)
+    fingerprint_fields = config_lib.fingerprint_fields(
+        config, None if config.data is not None or data is not None else configurables.DataConfig())
+    checkpointing.check_workdir(workdir, fingerprint_fields, overwrite=overwrite,
+                                resume_changed_config=resume_changed_config,
+                                structural=config_lib.FINGERPRINT_STRUCTURAL)
+    finished = None if overwrite else _finished_summary(workdir, config)
     if finished is not None:
         print(f"{workdir}: already finished ({finished['steps']} steps); summary.json holds the results", flush=True)
         return dict(finished, status="already_finished")
     run = setup(config, data=data, devices=devices)  # config errors surface before anything is written
-    os.makedirs(workdir, exist_ok=True)
     lead = jax.process_index() == 0
+    checkpointing.claim_workdir(workdir, fingerprint_fields, overwrite=overwrite,
+                                resume_changed_config=resume_changed_config, lead=lead)
     summary_path = os.path.join(workdir, "summary.json")
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
                                       async_save=config.async_checkpointing)
-    latest = ckpt.latest_step()
 
     n_ctx = run.model_config.n_ctx
     batch_tokens = config.batch_size * n_ctx
@@ -348,14 +396,19 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
     b_small, b_big = config.batch_size // config.microbatches, config.batch_size
     noise_ema = noise_smoothing.NoiseScaleEMA(config.noise_scale_ema_tokens, n_ctx)
     noise_skip = config.resolved_noise_scale_skip_steps
+    target = partitioning.abstract_with_shardings(run.abstract_state, run.state_shardings)
+    restored = ckpt.restore_latest_good(target, allow_fresh_start=from_scratch_if_corrupt)
+    latest = restored[0] if restored is not None else None
     if latest is not None:
-        target = partitioning.abstract_with_shardings(run.abstract_state, run.state_shardings)
-        state, record = ckpt.restore(latest, target)
+        _, state, record = restored
         noise_ema.load_state_dict(record.get("noise_ema"))
         start_step = int(record["data_step"])
         if start_step != int(jax.device_get(state["step"].addressable_data(0))):
             raise RuntimeError(f"checkpoint {latest}: data position {start_step} != optimizer step")
-        eval_records = eval_log.truncate_after(start_step) if lead else []
+        # Every process needs the same eval history (it decides whether the final eval still runs,
+        # a collective); process 0 also cuts the log back, the others only read it.
+        eval_records = eval_log.truncate_after(start_step) if lead else [
+            r for r in metrics_lib.read_jsonl(eval_log.path) if r.get("step", 0) <= start_step]
         if lead:
             metrics_log.truncate_after(start_step)
     else:
@@ -364,6 +417,7 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
         eval_records = []
         if lead:
             for log in (metrics_log, eval_log):
+                checkpointing.set_aside(log.path)  # a fresh start never erases an earlier log
                 fileio.write_text_atomic(log.path, "")
     _write_config(workdir, run)
     best = min(eval_records, key=lambda r: r["eval_loss"], default=None)
@@ -407,7 +461,8 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
         if lead:
             eval_log.append(rec)
             tb.scalars(step, {k: v for k, v in rec.items() if k.startswith("eval_")}, prefix="eval/")
-        progress.write(f"step {step}: eval loss {result.loss:.4f} nats/token, {result.bits_per_byte:.4f} bits/byte")
+        if lead:
+            progress.write(f"step {step}: eval loss {result.loss:.4f} nats/token, {result.bits_per_byte:.4f} bits/byte")
         last_eval = rec
         return rec
 
@@ -417,6 +472,7 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
     pending: list[tuple[int, dict]] = []
     last_saved = latest
     last_loss = float("nan")
+    skips = {"total": int(record.get("skipped_steps", 0)), "in_a_row": 0}  # nonfinite='skip'
     last_rate = float("nan")
 
     def process(step: int, m: dict) -> None:
@@ -425,8 +481,20 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
         loss, grad_norm = float(values["loss"]), float(values["grad_norm"])
         for value, what in ((loss, "the training loss"), (grad_norm, "the gradient norm")):
             if not math.isfinite(value):
+                if int(values.get("skipped", 0)):  # nonfinite='skip': the step already kept the old state
+                    skips["total"] += 1
+                    skips["in_a_row"] += 1
+                    progress.write(f"WARNING: {what} became {value} at step {step}; update skipped "
+                                   f"(TrainConfig.nonfinite='skip'; {skips['in_a_row']} in a row, "
+                                   f"{skips['total']} in total)")
+                    if skips["in_a_row"] < config.max_skipped_steps:
+                        values["_step"] = step
+                        window["last"] = values
+                        return
+                    what = f"{what} ({skips['in_a_row']} consecutive skipped steps = TrainConfig.max_skipped_steps)"
                 ckpt.wait()
                 raise NonFiniteLossError(step, value, what, ckpt.latest_step(), ckpt.directory)
+        skips["in_a_row"] = 0
         last_loss = loss
         window["losses"].append(loss)
         if "gns_s_small" in values:
@@ -450,11 +518,14 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
         last_rate = tokens_per_sec if math.isfinite(tokens_per_sec) else last_rate
         values = window["last"]
         rec = {"step": step, "tokens": step * batch_tokens, "loss": float(values["loss"]),
-               "loss_avg": float(np.mean(window["losses"])), "lr": float(values["lr"]),
+               "loss_avg": float(np.mean(window["losses"])) if window["losses"] else float("nan"),
+               "lr": float(values["lr"]),
                "grad_norm": float(values["grad_norm"]), "tokens_per_sec": tokens_per_sec,
                "mfu": mfu_lib.mfu(mfu_flops_per_token, tokens_per_sec, peak),
                "step_time": elapsed / steps if steps else float("nan"),
                "compute_pf_days": flops_per_token * step * batch_tokens / accounting.PF_DAY}
+        if config.nonfinite == "skip":
+            rec["skipped_steps"] = skips["total"]
         if window["gns"]:
             # Raw noise-scale sums averaged over the logged window (ratio of averages downstream),
             # with their batch sizes in sequences.
@@ -471,7 +542,8 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
         if lead:
             metrics_log.append(rec)
             tb.scalars(step, {k: v for k, v in rec.items() if k != "step"}, prefix="train/")
-        progress.log_line(step, rec)
+        if lead:  # the metrics are global: process 0 reports them for all
+            progress.log_line(step, rec)
         window.update(start=time.perf_counter(), steps=0, excluded=0.0, losses=[], gns=[])
 
     def save(step: int) -> None:
@@ -480,7 +552,8 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
                "wall_time": record["wall_time"] + time.time() - wall_start,
                "train_time": record["train_time"] + session_train_time,
                "best_eval_loss": best_loss if math.isfinite(best_loss) else None,
-               "best_eval_step": best_step, "noise_ema": noise_ema.state_dict()}
+               "best_eval_step": best_step, "noise_ema": noise_ema.state_dict(),
+               "skipped_steps": skips["total"]}
         if lead:
             metrics_log.sync()
             eval_log.sync()
@@ -499,6 +572,7 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
                 step = data_step + 1
                 batch = partitioning.global_batch(rows, run.batch_sharding, config.batch_size)
                 state, step_metrics = train_step(state, batch)
+                preemption.poll(step)
                 pending.append((step, step_metrics))
                 window["steps"] += 1
                 if step == start_step + 1:
@@ -570,12 +644,17 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
         "microbatches": config.microbatches,
         "b_simple": noise_ema.b_simple_tokens if config.noise_scale else None,
         "b_simple_sequences": noise_ema.b_simple_sequences if config.noise_scale else None,
+        "noise_scale_skip_steps": noise_skip if config.noise_scale else None,
+        "noise_scale_ema_tokens": config.noise_scale_ema_tokens if config.noise_scale else None,
         "compute_flops": flops_per_token * tokens,
         "compute_pf_days": flops_per_token * tokens / accounting.PF_DAY,
         "compute_pf_days_with_context": model_info["flops_per_token_with_context"] * tokens / accounting.PF_DAY,
         "final_eval_loss": last_eval["eval_loss"],
         "final_eval_bpb": last_eval["eval_bpb"],
         "final_train_loss": last_loss,
+        # Bit-level identity of the final parameters (single process; the reliability tests compare it).
+        "params_sha256": checkpointing.params_sha256(state["params"]),
+        "skipped_steps": skips["total"],
         "best_eval_loss": best_loss,
         "best_eval_step": best_step,
         "final_extra_eval": {k: v for k, v in last_eval.items() if k.startswith(("eval_loss_", "eval_bpb_"))},

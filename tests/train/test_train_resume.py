@@ -128,7 +128,8 @@ def test_sigkill_then_resume_reproduces_losses(uninterrupted, data, tmp_path):
     nan_dir = str(tmp_path / "nan")
     shutil.copytree(workdir, nan_dir)
     with pytest.raises(trainer.NonFiniteLossError) as error:
-        trainer.train(make_config(learning_rate=1e30), nan_dir, data=data, devices=jax.devices()[:1])
+        trainer.train(make_config(learning_rate=1e30), nan_dir, data=data, devices=jax.devices()[:1],
+                      resume_changed_config=True)  # the workdir is owned by the lr=3e-3 config
     assert error.value.step > 10 and error.value.last_checkpoint == 10
     assert f"at step {error.value.step}" in str(error.value) and "last good checkpoint is step 10" in str(error.value)
     assert sorted(int(s) for s in os.listdir(os.path.join(nan_dir, "checkpoints")) if s.isdigit()) == [10]
