@@ -22,7 +22,14 @@ test: $(STAMP)
 reproduce: $(STAMP)
 	$(VPY) -m experiments.reproduce --root=$(ROOT)
 
-bench: $(STAMP)
+BENCH_STAMP := $(VENV)/.bench-requirements-installed
+
+$(BENCH_STAMP): requirements-bench.txt $(STAMP)
+	$(VPY) -m pip install --quiet -r requirements-bench.txt
+	touch $(BENCH_STAMP)
+
+# Writes $(BENCH_OUT) (flat JSON) and the markdown table beside it (.md); README "Benchmarks".
+bench: $(BENCH_STAMP)
 	$(VPY) -m experiments.bench all --out=$(BENCH_OUT)
 
 smoke: $(STAMP)

@@ -1,20 +1,141 @@
-"""Benchmarks: `python -m experiments.bench SECTION [SECTION ...] --out=FILE.json`.
+"""Benchmarks: `python -m experiments.bench [all|matmul|train|noise|data|fit|compile ...] [--out=FILE.json]`.
 
 Each section lives in its own module `experiments/bench_<section>.py` exposing
-``run() -> dict[str, float | int | str]`` and returns a flat dict of named figures
-(ratios are measured side by side in one run). ``all`` runs every section. The merged,
-flat JSON object goes to --out; a human-readable table goes to stdout.
+``run(previous: dict, tiny: bool) -> dict`` that returns a flat dict of named figures (ratios are
+measured side by side in the same process). Sections run in the order given and see the figures of
+the sections before them (train divides by the matmul section's peak; data compares the loader with
+the train section's consumption). ``all`` runs every section. The merged, flat JSON object goes to
+--out, a markdown table to FILE.md beside it and to stdout. ``--tiny`` runs every section at smoke-test
+sizes (the figures then mean nothing; the schema is the same).
+
+XLA CPU flags: experiments.bench_xla.configure() sets this project's defaults unless XLA_FLAGS is
+already set by the user.
 """
+from __future__ import annotations
+
+import datetime
 import importlib
+import json
+import os
+import platform
 import sys
 
-from absl import app, flags
+from experiments import bench_xla
 
-from scaling import fileio
+bench_xla.configure()   # before jax initialises its CPU client
 
-SECTIONS = ("data", "fit", "train")
+from absl import app, flags  # noqa: E402
 
-FLAGS = flags.DEFINE_string("out", "runs/bench.json", "Where to write the flat JSON object of figures.")
+from scaling import fileio  # noqa: E402
+
+SECTIONS = ("matmul", "train", "noise", "data", "fit", "compile")
+RUNGS = ("small", "mid", "large")
+# The issue's named figures; a full run writes every one of them (the smoke test checks it).
+REQUIRED_KEYS = {
+    "matmul": ["matmul_peak_flops"],
+    "train": [f"{prefix}_{rung}{suffix}" for rung in RUNGS for prefix, suffix in (
+        ("train", "_tokens_per_sec"), ("train", "_mfu"), ("train", "_compile_s"),
+        ("torch_eager", "_tokens_per_sec"), ("torch_compile", "_tokens_per_sec"))]
+    + [f"speedup_vs_torch_{mode}_{rung}" for rung in RUNGS for mode in ("eager", "compile")],
+    "noise": ["noise_overhead_fraction", "microbatch_overhead_fraction"],
+    "data": ["loader_over_consumption"],
+    "fit": ["fit_bootstrap_s"],
+    "compile": ["compile_scan_6_s", "compile_scan_24_s", "compile_unrolled_6_s", "compile_unrolled_24_s"],
+}
+
+FLAGS_OUT = flags.DEFINE_string("out", "runs/bench.json", "Where to write the flat JSON object of figures.")
+FLAGS_TINY = flags.DEFINE_bool("tiny", False, "Smoke-test sizes (seconds; the figures are meaningless).")
+FLAGS_UPDATE = flags.DEFINE_bool("update", False, "Merge this run's figures into the existing --out JSON (re-run "
+                                 "one section; the figures of the sections not re-run are kept).")
+
+
+def machine_info() -> dict:
+    import jax
+    from scaling.train import mfu
+    identity = mfu.cpu_identity()
+    info = {"bench_date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "bench_cpu": identity["cpu_model"], "bench_cpu_count": identity["cpu_count"],
+            "bench_device": jax.devices()[0].device_kind, "bench_platform": jax.devices()[0].platform,
+            "bench_jax_version": jax.__version__, "bench_python": platform.python_version(),
+            "bench_xla_flags": os.environ.get("XLA_FLAGS", "")}
+    return info
+
+
+def _fmt(value, kind: str = "") -> str:
+    if value is None:
+        return "–"
+    if kind == "pct":
+        return f"{100 * value:.1f}%"
+    if kind == "x":
+        return f"{value:.2f}×"
+    if kind == "s":
+        return f"{value:.1f} s"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+    return str(value)
+
+
+def markdown_table(figures: dict) -> str:
+    """The README table: machine line, one row per train rung, then the single figures with their goals."""
+    get = figures.get
+    lines = [f"Machine: {get('bench_cpu', '?')} ({get('bench_cpu_count', '?')} cores, {get('bench_platform', '?')}), "
+             f"jax {get('bench_jax_version', '?')}, torch {get('torch_version', '–')}; {get('bench_date', '?')}; "
+             f"load average {get('bench_loadavg_start', '?')} at start, {get('bench_loadavg_end', '?')} at end; "
+             f"XLA_FLAGS `{get('bench_xla_flags', '')}`."]
+    for key in sorted(k for k in figures if k.startswith("bench_date_")):
+        section = key[len("bench_date_"):]
+        lines.append(f"Section {section} re-run {figures[key]} (load average "
+                     f"{get(f'bench_loadavg_{section}', '?')}).")
+    lines.append("")
+    if any(k.startswith("train_") for k in figures):
+        lines += ["| rung | shape | JAX tokens/s (K=4 + estimator) | MFU | JAX tokens/s (K=1) | MFU (K=1) | compile "
+                  "| torch eager tokens/s | torch.compile tokens/s | vs eager | vs compile |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for rung in RUNGS:
+            if f"train_{rung}_tokens_per_sec" not in figures:
+                continue
+            lines.append("| " + " | ".join([
+                rung, str(get(f"train_{rung}_shape", "")), _fmt(get(f"train_{rung}_tokens_per_sec")),
+                _fmt(get(f"train_{rung}_mfu"), "pct"), _fmt(get(f"train_{rung}_k1_tokens_per_sec")),
+                _fmt(get(f"train_{rung}_k1_mfu"), "pct"), _fmt(get(f"train_{rung}_compile_s"), "s"),
+                _fmt(get(f"torch_eager_{rung}_tokens_per_sec")), _fmt(get(f"torch_compile_{rung}_tokens_per_sec")),
+                _fmt(get(f"speedup_vs_torch_eager_{rung}"), "x"),
+                _fmt(get(f"speedup_vs_torch_compile_{rung}"), "x")]) + " |")
+        lines.append("")
+    singles = [
+        ("matmul_peak_flops", "matmul peak (float32 FLOP/s)", "", "–"),
+        ("matmul_peak_flops_bfloat16", "matmul peak (bfloat16 FLOP/s)", "", "–"),
+        ("train_mid_mfu", "mid-rung MFU (default step)", "pct", "≥ 65%"),
+        ("train_mid_k1_mfu", "mid-rung MFU (K=1 step)", "pct", "≥ 65%"),
+        ("noise_overhead_fraction", "noise-scale estimator overhead (K=4, on vs off)", "pct", "≤ 5%"),
+        ("microbatch_overhead_fraction", "microbatching overhead (K=4 vs K=1, estimator off)", "pct", "–"),
+        ("loader_over_consumption", "loader / trainer consumption", "x", "≥ 20×"),
+        ("fit_bootstrap_s", "300-point fit + 1,000 bootstraps", "s", "< 30 s"),
+        ("compile_scan_6_s", "compile, nn.scan, 6 layers", "s", "–"),
+        ("compile_scan_24_s", "compile, nn.scan, 24 layers", "s", "≈ flat"),
+        ("compile_unrolled_6_s", "compile, unrolled, 6 layers", "s", "–"),
+        ("compile_unrolled_24_s", "compile, unrolled, 24 layers", "s", "–"),
+    ]
+    rows = [(label, _fmt(figures[key], kind), goal) for key, label, kind, goal in singles if key in figures]
+    if rows:
+        lines += ["| figure | value | goal |", "|---|---:|---|"]
+        lines += [f"| {label} | {value} | {goal} |" for label, value, goal in rows]
+    return "\n".join(lines) + "\n"
+
+
+def run_sections(names, tiny: bool = False) -> dict:
+    figures = {**machine_info(), "bench_loadavg_start": "%.2f" % os.getloadavg()[0]}
+    for name in names:
+        module = importlib.import_module(f"experiments.bench_{name}")
+        print(f"== bench {name} ==", flush=True)
+        result = module.run(dict(figures), tiny=tiny)
+        for key, value in result.items():
+            print(f"  {key:<44s} {value}", flush=True)
+        figures.update(result)
+    figures["bench_loadavg_end"] = "%.2f" % os.getloadavg()[0]
+    figures["bench_sections"] = ",".join(names)
+    figures["bench_tiny"] = int(tiny)
+    return figures
 
 
 def main(argv):
@@ -25,16 +146,22 @@ def main(argv):
     if unknown:
         print(f"bench: unknown section(s) {unknown}; choose from {list(SECTIONS)} or 'all'", file=sys.stderr)
         sys.exit(2)
-    figures = {}
-    for name in names:
-        module = importlib.import_module(f"experiments.bench_{name}")
-        print(f"== bench {name} ==", flush=True)
-        result = module.run()
-        for key, value in result.items():
-            print(f"  {key:<40s} {value}", flush=True)
-        figures.update(result)
-    fileio.write_json_atomic(FLAGS.value, figures, sort_keys=True)
-    print(f"wrote {FLAGS.value}")
+    figures = run_sections(names, tiny=FLAGS_TINY.value)
+    out = FLAGS_OUT.value
+    if FLAGS_UPDATE.value and os.path.exists(out):
+        with open(out) as f:
+            previous = json.load(f)
+        sections = previous.get("bench_sections", "").split(",") + names
+        figures = {**previous, **{k: v for k, v in figures.items() if not k.startswith("bench_")},
+                   "bench_sections": ",".join(dict.fromkeys(s for s in sections if s)),
+                   f"bench_date_{'_'.join(names)}": figures["bench_date"],
+                   f"bench_loadavg_{'_'.join(names)}": f"{figures['bench_loadavg_start']}-{figures['bench_loadavg_end']}"}
+    fileio.write_json_atomic(out, figures, sort_keys=True)
+    table = markdown_table(figures)
+    md_path = os.path.splitext(out)[0] + ".md"
+    fileio.write_text_atomic(md_path, table)
+    print(table)
+    print(f"wrote {out} and {md_path}")
 
 
 if __name__ == "__main__":

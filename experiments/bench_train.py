@@ -1,85 +1,213 @@
-"""Trainer benchmark (`python -m experiments.bench train --out=F.json`).
+"""Trainer benchmark (`python -m experiments.bench train`): the real jitted train step vs a PyTorch reference.
 
-Figures:
-  cpu_peak_matmul_flops       best float32 matmul FLOP/s on this host (also cached where
-                              scaling/train/mfu.py reads it, so CPU runs report MFU against it)
-  train_<rung>_tokens_per_sec train-step throughput (steady state, compile excluded) of a CPU ladder rung
-  train_<rung>_mfu            Kaplan 6N+attention FLOPs/token x tokens/s / cpu_peak_matmul_flops
-  train_<rung>_step_ms, train_<rung>_n_params_nonembedding, train_<rung>_compile_s
-Rungs: small = gin/models/cpu_55k.gin, mid = gin/models/cpu_1m2.gin, batch 32 x n_ctx, vocab 4096,
-random tokens (the data pipeline is benchmarked separately).
+For each rung (small = gin/models/cpu_55k.gin, mid = cpu_4m7.gin, the ladder's 6-layer rung, 6 x 256;
+large = cpu_9m8.gin, the largest CPU rung), batch 32 x n_ctx, vocab 4096, random tokens (the data
+pipeline is benchmarked separately):
+  train_<rung>_tokens_per_sec   steady-state tokens/s of scaling.train.trainer's compiled step as every run
+                                executes it by default (K = 4 strided microbatches + the noise-scale
+                                estimator; compile excluded; best of 3 timed windows on a shared machine)
+  train_<rung>_k1_*             the same for the plain step (K = 1, no estimator): the torch step's algorithm
+  train_<rung>_mfu              model FLOPs/token (models.accounting: Kaplan 6N + attention) x tokens/s
+                                / peak: the measured matmul peak on CPU, the platform table on accelerators
+  train_<rung>_compile_s        AOT compile time of the step
+  torch_eager_<rung>_tokens_per_sec, torch_compile_<rung>_tokens_per_sec
+                                experiments.bench_torch: the same model, batch, sequence and Adam step
+  speedup_vs_torch_eager_<rung>, speedup_vs_torch_compile_<rung>   JAX (default step) tokens/s over torch's
+  speedup_k1_vs_torch_<mode>_<rung>                                  the same with the plain K = 1 step
+The torch step is the whole batch at once (PyTorch's usual step). The default JAX step does more work (the
+estimator's norms) on smaller microbatches, whose working sets fit the caches better on CPU;
+experiments/bench_noise.py separates the two effects.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 import jax
 import numpy as np
 
-from experiments.model_table import load_model_config
-
-RUNGS = {"small": "gin/models/cpu_55k.gin", "mid": "gin/models/cpu_1m2.gin"}
+RUNGS = {"small": "gin/models/cpu_55k.gin", "mid": "gin/models/cpu_4m7.gin", "large": "gin/models/cpu_9m8.gin"}
 BATCH = 32
 VOCAB = 4096
+STEPS = {"small": 20, "mid": 4, "large": 3}   # steps per timed window (3 windows each)
+DEFAULT_MICROBATCHES = 4   # TrainConfig.microbatches' default: the step every training run executes
+WINDOWS = 3
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_model_config():
+    """The smoke test's model: seconds to compile, same code path."""
+    from models.transformer import TransformerConfig
+    return TransformerConfig(vocab_size=256, n_ctx=16, n_layer=2, d_model=32, d_ff=128, d_attn=32, n_heads=2)
+
+
+def rung_configs(tiny: bool = False) -> dict:
+    """{rung: model config} of the benchmarked rungs (the tiny config for every rung in smoke tests)."""
+    if tiny:
+        return {rung: tiny_model_config() for rung in RUNGS}
+    from experiments.model_table import load_model_config
+    return {rung: dataclasses.replace(load_model_config(os.path.join(REPO_ROOT, path)), vocab_size=VOCAB)
+            for rung, path in RUNGS.items()}
 
 
 class _RandomLoader:
-    def __init__(self, n_ctx: int, batch: int):
-        self.n_ctx, self.batch_size = n_ctx, batch
+    def __init__(self, n_ctx: int, batch: int, vocab: int):
+        self.n_ctx, self.batch_size, self.vocab = n_ctx, batch, vocab
         self.windows_per_epoch = 10 ** 9
 
     def batch(self, step: int) -> np.ndarray:
-        return np.random.default_rng(step).integers(0, VOCAB, (self.batch_size, self.n_ctx + 1)).astype(np.int32)
+        rng = np.random.default_rng(step)
+        return rng.integers(0, self.vocab, (self.batch_size, self.n_ctx + 1)).astype(np.int32)
 
 
 @dataclasses.dataclass
 class _RandomData:
     train: _RandomLoader
-    vocab_size: int = VOCAB
+    vocab_size: int
     eval_windows: np.ndarray = None
     eval_bytes_per_token: float = 1.0
     extra_evals: dict = dataclasses.field(default_factory=dict)
     manifest: dict = dataclasses.field(default_factory=dict)
 
 
-def time_train_step(model_config, batch: int = BATCH, steps: int = 10) -> dict:
-    """Steady-state seconds per step of the real (sharded, jitted) train step."""
-    from models import accounting
-    from scaling.train import partitioning, trainer
+def bench_devices():
+    """One CPU device (fake CPU devices share the same cores, so more would only add collectives);
+    every device on an accelerator."""
+    devices = jax.devices()
+    return devices[:1] if devices[0].platform == "cpu" else devices
+
+
+def best_window_seconds(run_steps, steps: int, windows: int = WINDOWS) -> float:
+    """Seconds per step: the best of ``windows`` timed windows of ``steps`` steps each.
+
+    ``run_steps(n)`` runs n steps and blocks until they are done. The best window is the one least
+    disturbed by other processes on a shared machine (a benchmark measures the code, not the load).
+    """
+    best = float("inf")
+    for _ in range(windows):
+        start = time.perf_counter()
+        run_steps(steps)
+        best = min(best, (time.perf_counter() - start) / steps)
+    return best
+
+
+_COMPILED: dict = {}
+
+
+def compiled_step(model_config, batch: int, microbatches: int, noise_scale: bool):
+    """(run, compiled train step, compile seconds), compiled once per distinct configuration in this process
+    (the noise section re-times the train section's K = 1 step; the smoke test's rungs share one shape)."""
+    from scaling.train import trainer
     from scaling.train.config import TrainConfig
+    key = (model_config, batch, microbatches, noise_scale)
+    if key not in _COMPILED:
+        data = _RandomData(train=_RandomLoader(model_config.n_ctx, batch, model_config.vocab_size),
+                           vocab_size=model_config.vocab_size)
+        config = TrainConfig(model=model_config, batch_size=batch, num_steps=10 ** 6, learning_rate=1e-3,
+                             warmup_steps=1, microbatches=microbatches, noise_scale=noise_scale)
+        run = trainer.setup(config, data=data, devices=bench_devices())
+        train_step, _, compile_s = trainer.compile_steps(run, with_eval=False)
+        _COMPILED[key] = (run, train_step, compile_s)
+    return _COMPILED[key]
 
-    data = _RandomData(train=_RandomLoader(model_config.n_ctx, batch))
-    config = TrainConfig(model=model_config, batch_size=batch, num_steps=steps + 2, learning_rate=1e-3,
-                         warmup_steps=1, microbatches=1, noise_scale=False)
-    run = trainer.setup(config, data=data)
-    train_step, _, compile_s = trainer.compile_steps(run, with_eval=False)
-    state = run.init_state()
-    batches = [partitioning.global_batch(data.train.batch(i), run.batch_sharding, batch) for i in range(steps + 2)]
-    for i in range(2):  # warm up
-        state, m = train_step(state, batches[i])
-    jax.block_until_ready(m)
-    start = time.perf_counter()
-    for i in range(2, steps + 2):
-        state, m = train_step(state, batches[i])
-    jax.block_until_ready((state, m))
-    step_s = (time.perf_counter() - start) / steps
+
+class StepTimer:
+    """A compiled trainer step with its state and batches, timed in windows of steps (steady state)."""
+
+    def __init__(self, model_config, batch: int, microbatches: int = 1, noise_scale: bool = False):
+        from scaling.train import partitioning
+        self.run, self.step, self.compile_s = compiled_step(model_config, batch, microbatches, noise_scale)
+        self.batch, self.n_ctx = batch, model_config.n_ctx
+        self.state = self.run.init_state()
+        self.batches = [partitioning.global_batch(self.run.data.train.batch(i), self.run.batch_sharding, batch)
+                        for i in range(4)]
+        self.i, self.metrics = 0, None
+        self.steps(2)  # warm up: first executions allocate and fill caches
+
+    def steps(self, n: int) -> None:
+        """Runs n steps and blocks until they are done."""
+        state, m = self.state, None
+        for _ in range(n):
+            state, m = self.step(state, self.batches[self.i % len(self.batches)])
+            self.i += 1
+        jax.block_until_ready((state, m))
+        self.state, self.metrics = state, m
+
+    def window(self, n: int) -> float:
+        """Seconds per step over one window of n steps."""
+        start = time.perf_counter()
+        self.steps(n)
+        return (time.perf_counter() - start) / n
+
+
+def time_train_step(model_config, batch: int = BATCH, steps: int = 10, *, microbatches: int = 1,
+                    noise_scale: bool = False, windows: int = WINDOWS) -> dict:
+    """Steady-state seconds per step of the real (sharded, jitted, donated) trainer step."""
+    from models import accounting
+
+    timer = StepTimer(model_config, batch, microbatches, noise_scale)
+    step_s = best_window_seconds(timer.steps, steps, windows)
+    run = timer.run
     fpt = accounting.flops_per_token(run.model_config, "kaplan", "train", include_context=True).flops
+    loss = float(jax.device_get(timer.metrics["loss"]))
     return {"step_s": step_s, "tokens_per_sec": batch * model_config.n_ctx / step_s, "flops_per_token": fpt,
-            "compile_s": compile_s, "n_params_nonembedding": run.n_nonembedding}
+            "compile_s": timer.compile_s, "n_params_nonembedding": run.n_nonembedding, "loss": loss,
+            "devices": run.mesh.devices.size}
 
 
-def run() -> dict:
+def peak_for_mfu(figures: dict) -> tuple[float, str]:
+    """The MFU denominator: this run's measured matmul peak on CPU (from the matmul section when it ran,
+    else measured now), the platform table on accelerators (scaling.train.mfu)."""
     from scaling.train import mfu
+    devices = bench_devices()
+    if devices[0].platform != "cpu":
+        return mfu.peak_flops(devices)
+    if "matmul_peak_flops" in figures:
+        return figures["matmul_peak_flops"], "matmul section of this run"
+    from experiments import bench_matmul
+    return bench_matmul.measure_peak(tiny=False)["matmul_peak_flops"], "measured by the train section"
 
-    peak = max(mfu.measure_matmul_flops(n=n, repeats=5) for n in (512, 1024, 2048))
-    path = mfu.write_cpu_peak(peak) if jax.devices()[0].platform == "cpu" else None
-    figures = {"cpu_peak_matmul_flops": peak, "cpu_peak_cache": path or "not cpu"}
-    for rung, gin_file in RUNGS.items():
-        result = time_train_step(load_model_config(gin_file))
-        figures[f"train_{rung}_tokens_per_sec"] = result["tokens_per_sec"]
-        figures[f"train_{rung}_step_ms"] = 1e3 * result["step_s"]
-        figures[f"train_{rung}_mfu"] = mfu.mfu(result["flops_per_token"], result["tokens_per_sec"], peak)
-        figures[f"train_{rung}_compile_s"] = result["compile_s"]
-        figures[f"train_{rung}_n_params_nonembedding"] = result["n_params_nonembedding"]
-    return figures
+
+def run(figures: dict | None = None, tiny: bool = False, torch_reference: bool = True) -> dict:
+    from scaling.train import mfu
+    from experiments import bench_torch
+
+    figures = dict(figures or {})
+    if tiny and "matmul_peak_flops" not in figures:
+        from experiments import bench_matmul
+        figures.update(bench_matmul.run(tiny=True))
+    peak, peak_source = peak_for_mfu(figures)
+    batch = 8 if tiny else BATCH
+    out = {"train_batch_sequences": batch, "train_microbatches": DEFAULT_MICROBATCHES,
+           "train_mfu_peak_source": peak_source}
+    for rung, model_config in rung_configs(tiny).items():
+        steps, windows = (2, 1) if tiny else (STEPS[rung], WINDOWS)
+        out[f"train_{rung}_shape"] = f"{model_config.n_layer}x{model_config.d_model} n_ctx {model_config.n_ctx}"
+        # The trainer's default step (K microbatches + the noise-scale estimator), and the plain one.
+        for suffix, k, noise in (("", DEFAULT_MICROBATCHES, True), ("_k1", 1, False)):
+            result = time_train_step(model_config, batch=batch, steps=steps, microbatches=k, noise_scale=noise,
+                                     windows=windows)
+            rate = result["tokens_per_sec"]
+            out[f"train_{rung}{suffix}_tokens_per_sec"] = rate
+            out[f"train_{rung}{suffix}_step_ms"] = 1e3 * result["step_s"]
+            out[f"train_{rung}{suffix}_mfu"] = mfu.mfu(result["flops_per_token"], rate, peak)
+            out[f"train_{rung}{suffix}_model_flops_per_sec"] = result["flops_per_token"] * rate
+            out[f"train_{rung}{suffix}_compile_s"] = result["compile_s"]
+            print(f"  [{rung}{suffix or ' default'}] {rate:,.0f} tokens/s, MFU {out[f'train_{rung}{suffix}_mfu']:.3f}",
+                  flush=True)
+        out[f"train_{rung}_n_params_nonembedding"] = result["n_params_nonembedding"]
+        if not torch_reference:
+            continue
+        # The reference runs in this same process invocation, after the JAX steps (whose threads are idle).
+        for mode in ("eager", "compile"):
+            ref = bench_torch.time_torch_train_step(model_config, batch=batch, steps=steps,
+                                                    compile=mode == "compile", windows=windows,
+                                                    backend="eager" if tiny else "inductor")
+            out[f"torch_{mode}_{rung}_tokens_per_sec"] = ref["tokens_per_sec"]
+            out[f"torch_{mode}_{rung}_warmup_s"] = ref["warmup_s"]
+            out[f"speedup_vs_torch_{mode}_{rung}"] = out[f"train_{rung}_tokens_per_sec"] / ref["tokens_per_sec"]
+            out[f"speedup_k1_vs_torch_{mode}_{rung}"] = out[f"train_{rung}_k1_tokens_per_sec"] / ref["tokens_per_sec"]
+            out["torch_version"] = ref["torch_version"]
+            print(f"  [{rung} torch {mode}] {ref['tokens_per_sec']:,.0f} tokens/s", flush=True)
+    return out

@@ -1,17 +1,28 @@
-"""The main job: a CPU ladder of Transformers on the embedded corpus, trained and fitted end to end.
+"""The main job: sweep → noise scale → predict the held-out rung → train it → fits and report.
 
-    python -m experiments.reproduce [--root=runs/reproduce] [--rungs=cpu_12k,cpu_55k,...] [--steps=N]
+    python -m experiments.reproduce [--root=runs/reproduce] [--preset=quick|full] [--workers=N]
+    make reproduce                                   # = --preset=quick on the embedded corpus
 
-For each rung (a gin file in gin/models/) it trains one model on the embedded corpus with the same
-data, batch and step budget (resumable: finished runs are skipped, unfinished ones resume), writes
-``runs.csv`` (one row per run, DESIGN.md's summary columns), fits Kaplan's L(N) = (N_c/N)^α_N through
-the fit CLI contract (``experiments.fit --law=kaplan_n``), and writes ``report.md`` with the table,
-the fitted exponent beside the paper's (α_N = 0.076), and the figures the analysis package draws.
+Stages (each idempotent; rerunning the command resumes where it stopped and redoes nothing finished):
+
+1. **sweep**: every group of the preset's sweep file (gin/sweeps/kaplan_cpu_<preset>.gin) except
+   `holdout`, through `scaling.sweep.run_sweep` (finished runs skipped, interrupted ones resumed from
+   their checkpoints, failures recorded and retried on the next invocation).
+2. **noise**: `experiments.noise_scale --root` — B_simple along every run, and B_crit(L) from the
+   `batch_scan` group (ROOT/noise/).
+3. **predict**: Kaplan's L(N) fitted on the finished `ladder` runs predicts the best eval loss of the
+   `holdout` run (a larger model) with a bootstrap 95 % interval; written to ROOT/prediction.json
+   *before* that run starts, and never rewritten once the run has begun (its `written_at` time and
+   the run's start time are both in the report, so the order is checkable).
+4. **holdout**: trains the held-out run.
+5. **report**: `experiments.report --root` (fits, figures, report.md; the prediction's error).
+
+A failed run does not stop the job: it is listed in the report and retried by the next invocation.
+The exit status is non-zero when any run failed or a stage could not produce its output.
 """
 from __future__ import annotations
 
-import csv
-import io
+import datetime
 import json
 import os
 import subprocess
@@ -22,95 +33,136 @@ from absl import app, flags, logging
 
 from scaling import fileio
 
-ROOT = flags.DEFINE_string("root", "runs/reproduce", "Output directory (runs/, runs.csv, fits, report.md).")
-RUNGS = flags.DEFINE_list("rungs", ["cpu_12k", "cpu_55k", "cpu_98k", "cpu_332k", "cpu_786k"],
-                          "Model sizes: names of gin files in gin/models/.")
-STEPS = flags.DEFINE_integer("steps", 300, "Optimizer steps per run.")
-BATCH = flags.DEFINE_integer("batch_size", 16, "Global batch size in sequences.")
-DATA_GIN = flags.DEFINE_string("data_gin", "gin/data/embedded.gin", "Data gin file.")
-EXTRA = flags.DEFINE_multi_string("gin_param", [], "Extra gin bindings applied to every run.")
+PRESETS = {"quick": "gin/sweeps/kaplan_cpu_quick.gin", "full": "gin/sweeps/kaplan_cpu_full.gin"}
+HOLDOUT = "holdout"
 
-SUMMARY_COLUMNS = ("n_params_nonembedding", "n_params_total", "flops_per_token", "tokens", "steps",
-                   "batch_tokens", "compute_pf_days", "final_eval_loss", "best_eval_loss",
-                   "tokens_per_sec", "mfu")
-PAPER_ALPHA_N = 0.076  # Kaplan et al. 2020, Table 5
+ROOT = flags.DEFINE_string("root", "runs/reproduce", "Output directory (runs/, runs.csv, noise/, fits/, report.md).")
+PRESET = flags.DEFINE_enum("preset", "quick", list(PRESETS), "Which sweep: quick (embedded corpus, ~20 min on "
+                           "2 cores) or full (../shared/data/corpus, hours).")
+SWEEP = flags.DEFINE_string("sweep", None, "A sweep gin file instead of the preset's (same groups).")
+WORKERS = flags.DEFINE_integer("workers", None, "Concurrent runs (default: sized to the machine).")
+BOOTSTRAP = flags.DEFINE_integer("bootstrap", 200, "Bootstrap replicates for the prediction and the report.")
 
 
-def run_one(name: str, root: str) -> dict:
-    from scaling.train.trainer import train_from_gin
-
-    workdir = os.path.join(root, "runs", name)
-    gin_files = [os.path.join("gin", "models", f"{name}.gin"), DATA_GIN.value]
-    bindings = [f"TrainConfig.num_steps = {STEPS.value}", f"TrainConfig.batch_size = {BATCH.value}",
-                *EXTRA.value]
-    print(f"[reproduce] {name}: training in {workdir}", flush=True)
-    summary = train_from_gin(gin_files, bindings, workdir)
-    return {"run": name, **{k: summary.get(k) for k in SUMMARY_COLUMNS},
-            "gin_model": gin_files[0], "num_steps": STEPS.value, "batch_size": BATCH.value}
+def log(message: str) -> None:
+    print(f"[reproduce] {message}", flush=True)
 
 
-def write_csv(rows: list[dict], path: str) -> None:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    fileio.write_text_atomic(path, text.getvalue())
+def run_stage(name: str, argv: list[str]) -> bool:
+    """A CLI stage as a subprocess (its own gin/JAX state); True when it succeeded."""
+    log(f"{name}: {' '.join(argv)}")
+    proc = subprocess.run([sys.executable, "-m", *argv])
+    if proc.returncode:
+        log(f"{name} failed (exit {proc.returncode}); the stages after it still run")
+    return proc.returncode == 0
 
 
-def fit_kaplan_n(rows: list[dict], root: str) -> dict:
-    points = os.path.join(root, "points_kaplan_n.csv")
-    write_csv([{"N": r["n_params_nonembedding"], "D": r["tokens"], "loss": r["best_eval_loss"]}
-               for r in rows], points)
-    out = os.path.join(root, "fit_kaplan_n.json")
-    cmd = [sys.executable, "-m", "experiments.fit", "--law=kaplan_n", f"--points={points}", f"--out={out}",
-           "--bootstrap=200", "--seed=0", f"--plot={os.path.join(root, 'fit_kaplan_n.png')}"]
-    subprocess.run(cmd, check=True)
-    with open(out) as f:
-        return json.load(f)
+def read_json(path: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
-def write_report(rows: list[dict], fit: dict, root: str, seconds: float) -> str:
-    lines = ["# Reproduction: L(N) on the embedded corpus (CPU ladder)", "",
-             f"{len(rows)} Transformers, {STEPS.value} steps × {BATCH.value} sequences each, same data "
-             f"({DATA_GIN.value}); wall time {seconds / 60:.1f} min.", "",
-             "| run | N (non-embedding) | tokens | C (PF-days) | best eval loss (nats/token) | tokens/s |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['run']} | {int(r['n_params_nonembedding']):,} | {int(r['tokens']):,} | "
-                     f"{float(r['compute_pf_days']):.3e} | {float(r['best_eval_loss']):.4f} | "
-                     f"{float(r['tokens_per_sec']):,.0f} |")
-    params, ci = fit["params"], fit.get("ci95", {})
-    alpha = params.get("alpha_N")
-    lo, hi = ci.get("alpha_N", [float("nan"), float("nan")])
-    lines += ["", "## Fit: L(N) = (N_c / N)^α_N  (Kaplan eq. 1.1)", "",
-              f"α_N = {alpha:.4f} (95 % bootstrap CI {lo:.4f}–{hi:.4f}); N_c = {params.get('N_c'):.3e}; "
-              f"paper: α_N = {PAPER_ALPHA_N} on WebText2 with models trained to convergence.",
-              "", "A fixed, short step budget undertrains the larger rungs, which flattens the slope; "
-              "the full ladder (longer runs, early stopping) is the sweep's job.", ""]
-    figures = sorted(f for f in os.listdir(root) if f.endswith(".png"))
-    lines += [f"![{f}]({f})" for f in figures]
-    path = os.path.join(root, "report.md")
-    fileio.write_text_atomic(path, "\n".join(lines) + "\n")
-    return path
+def ladder_points(root: str, runs) -> dict:
+    """(N, best eval loss) of the finished ladder runs, from their summary.json files."""
+    from scaling import sweep
+    names, n, loss = [], [], []
+    for run in runs:
+        if run.group != "ladder":
+            continue
+        summary = read_json(os.path.join(sweep.run_dir(root, run.name), "summary.json"))
+        if summary and summary.get("status", "finished") == "finished" and summary.get("best_eval_loss"):
+            names.append(run.name)
+            n.append(float(summary["n_params_nonembedding"]))
+            loss.append(float(summary["best_eval_loss"]))
+    return {"run": names, "N": n, "loss": loss}
+
+
+def holdout_started(root: str, run) -> bool:
+    from scaling import sweep
+    directory = sweep.run_dir(root, run.name)
+    return any(os.path.exists(os.path.join(directory, f)) for f in ("summary.json", "metrics.jsonl", "checkpoints"))
+
+
+def write_prediction(root: str, runs, n_boot: int) -> dict | None:
+    """Fits L(N) on the ladder and writes ROOT/prediction.json for the holdout run (once, before it trains)."""
+    from scaling.analysis import api, fitting
+    from scaling.analysis.io import InputError
+    path = os.path.join(root, "prediction.json")
+    target = next((r for r in runs if r.group == HOLDOUT), None)
+    if target is None:
+        log("predict: the sweep has no holdout group; nothing to predict")
+        return None
+    existing = read_json(path)
+    if existing and existing.get("target_run") == target.name:
+        log(f"predict: keeping the prediction written at {existing['written_at']}")
+        return existing
+    if holdout_started(root, target):
+        # An honest prediction must precede training; do not write one after the fact.
+        log(f"predict: {target.name} has already started training and no prediction was recorded before it; "
+            "delete its run directory to redo the prediction honestly")
+        return None
+    points = ladder_points(root, runs)
+    if len(points["N"]) < 3:
+        log(f"predict: only {len(points['N'])} finished ladder runs; need >= 3 to predict {target.name}")
+        return None
+    try:
+        fit = api.fit_law("kaplan_n", {"N": points["N"], "loss": points["loss"]}, n_boot=n_boot, seed=0)
+    except (InputError, fitting.FitError) as e:
+        log(f"predict: the L(N) fit failed ({e}); no prediction")
+        return None
+    n_target = float(target.planned["n_params_nonembedding"])
+    pred, lo, hi = (float(v[0]) for v in fit.predict({"N": [n_target]}))
+    record = {"law": "kaplan_n", "fit_runs": points["run"], "fit_params": fit.record["params"],
+              "fit_ci95": fit.record.get("ci95", {}), "target_run": target.name,
+              "n_params_nonembedding": n_target, "fit_n_range": [min(points["N"]), max(points["N"])],
+              "extrapolation_factor": n_target / max(points["N"]),
+              "loss_pred": pred, "loss_pred_lo": lo, "loss_pred_hi": hi, "bootstrap": n_boot,
+              "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    fileio.write_json_atomic(path, record)
+    log(f"predict: {target.name} (N = {n_target:,.0f}) best eval loss {pred:.4f} "
+        f"[95% {lo:.4f}, {hi:.4f}] from {len(points['N'])} ladder runs -> {path}")
+    return record
 
 
 def main(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint write at INFO
-    root = ROOT.value
-    os.makedirs(root, exist_ok=True)
-    missing = [r for r in RUNGS.value if not os.path.exists(os.path.join("gin", "models", f"{r}.gin"))]
-    if missing:
-        print(f"reproduce: no gin/models/<rung>.gin for {missing}; see `python -m experiments.plan "
-              f"--list_models`", file=sys.stderr)
+    if len(argv) > 1:
+        print(f"reproduce: error: unexpected arguments {argv[1:]}", file=sys.stderr)
         sys.exit(2)
+    logging.set_verbosity(logging.WARNING)
+    from scaling import sweep
+
+    sweep_file = SWEEP.value or PRESETS[PRESET.value]
+    root = os.path.abspath(ROOT.value)
     start = time.time()
-    rows = [run_one(name, root) for name in RUNGS.value]
-    write_csv(rows, os.path.join(root, "runs.csv"))
-    fit = fit_kaplan_n(rows, root)
-    report = write_report(rows, fit, root, time.time() - start)
-    print(f"[reproduce] wrote {os.path.join(root, 'runs.csv')}, {os.path.join(root, 'fit_kaplan_n.json')}, "
-          f"{report}")
+    try:
+        _, runs = sweep.expand(sweep_file)
+    except (sweep.SweepError, FileNotFoundError, ValueError) as e:
+        print(f"reproduce: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    os.makedirs(root, exist_ok=True)
+    ok = True
+    try:
+        log(f"1/5 sweep {sweep_file} (all groups but {HOLDOUT}) in {root}")
+        first = sweep.run_sweep(sweep_file, root, workers=WORKERS.value, exclude=(HOLDOUT,))
+        ok &= first.ok
+        log("2/5 noise scale and B_crit")
+        ok &= run_stage("noise", ["experiments.noise_scale", f"--root={root}"])
+        log("3/5 predict the held-out rung")
+        write_prediction(root, runs, BOOTSTRAP.value)
+        if any(r.group == HOLDOUT for r in runs):
+            log("4/5 train the held-out rung")
+            ok &= sweep.run_sweep(sweep_file, root, workers=WORKERS.value, only=(HOLDOUT,)).ok
+        log("5/5 report")
+        ok &= run_stage("report", ["experiments.report", f"--root={root}", f"--bootstrap={BOOTSTRAP.value}"])
+    except sweep.LockedError as e:
+        print(f"reproduce: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    log(f"done in {(time.time() - start) / 60:.1f} min: {os.path.join(root, 'report.md')}"
+        + ("" if ok else " (some runs or stages failed: see the report; rerun the command to retry them)"))
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Model FLOPs utilisation: model FLOPs/s ÷ peak FLOPs/s of the devices the run uses.
 
 Peaks are dense (no sparsity) per chip, from vendor data sheets. On CPU there is no meaningful data
-sheet figure, so the peak is the matmul throughput measured by ``python -m experiments.bench train``
-(cached in a JSON file, `cpu_peak_path`) or, when no cached figure matches this machine, a short
-measured probe. `peak_flops` says which in its ``source`` string (written to summary.json).
+sheet figure, so the peak is the best matmul throughput measured on this machine by
+``python -m experiments.bench matmul`` (cached in a JSON file, `cpu_peak_path`) or, when no cached
+figure matches this machine, a short measured probe. `peak_flops` says which in its ``source`` string
+(written to summary.json).
 """
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ def write_cpu_peak(flops: float, path: str | None = None) -> str:
     """Stores the measured CPU peak where `peak_flops` reads it (atomic write)."""
     path = path or cpu_peak_path()
     record = {"cpu_peak_flops": float(flops), **cpu_identity(), "measured_at": time.time(),
-              "how": "best-of-N jitted float32 matmul (experiments.bench train)"}
+              "how": "best jitted float32 square matmul measured on this machine (experiments.bench matmul)"}
     fileio.write_json_atomic(path, record)
     return path
 
@@ -112,7 +113,7 @@ def peak_flops(devices, dtype: str = "float32") -> tuple[float, str]:
     if devices[0].platform == "cpu":
         cached = read_cpu_peak()
         if cached is not None:
-            return cached, f"measured: experiments.bench train ({cpu_peak_path()})"
+            return cached, f"measured: experiments.bench matmul ({cpu_peak_path()})"
         return measure_matmul_flops(n=512, repeats=3), "measured: short matmul probe at start of run"
     per_chip = chip_peak(kind, dtype)
     if per_chip is None:

@@ -1,0 +1,103 @@
+"""Smoke tests of the benchmark suite at tiny sizes: the JSON schema, and MFU/FLOPs from models.accounting.
+
+The figures themselves are measured by `python -m experiments.bench` (README "Benchmarks"), not tested.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import bench, bench_train
+from models import accounting
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def tiny_figures():
+    """matmul + train (with the torch reference) + noise at tiny sizes, with flops_per_token replaced by a
+    sentinel: every MFU and model-FLOP/s figure must then be built from it."""
+    real = accounting.flops_per_token
+    calls = []
+
+    def sentinel(config, convention="kaplan", mode="train", include_context=None):
+        calls.append((convention, mode, include_context))
+        return accounting.FlopsPerToken(flops=1234.5, convention=convention, mode=mode,
+                                        include_context=bool(include_context))
+
+    accounting.flops_per_token = sentinel
+    try:
+        figures = bench.run_sections(["matmul", "train", "noise"], tiny=True)
+    finally:
+        accounting.flops_per_token = real
+    return figures, calls
+
+
+def test_bench_writes_every_named_figure(tiny_figures):
+    figures, _ = tiny_figures
+    for section in ("matmul", "train", "noise"):
+        for key in bench.REQUIRED_KEYS[section]:
+            assert key in figures, f"{section}: {key} missing"
+            assert isinstance(figures[key], (int, float)) and math.isfinite(figures[key]), (key, figures[key])
+    n_tiny = accounting.nonembedding_params(bench_train.tiny_model_config())
+    for rung in bench.RUNGS:
+        assert figures[f"train_{rung}_tokens_per_sec"] > 0 and figures[f"train_{rung}_k1_tokens_per_sec"] > 0
+        assert figures[f"train_{rung}_n_params_nonembedding"] == n_tiny   # the trainer's real model ran
+        assert figures[f"speedup_vs_torch_eager_{rung}"] == pytest.approx(
+            figures[f"train_{rung}_tokens_per_sec"] / figures[f"torch_eager_{rung}_tokens_per_sec"])
+    assert figures["noise_overhead_fraction"] == pytest.approx(
+        figures["noise_step_ms_k4_on"] / figures["noise_step_ms_k4_off"] - 1)
+    # The flat object is valid strict JSON and the table names every rung.
+    json.loads(json.dumps(figures, allow_nan=False))
+    table = bench.markdown_table(figures)
+    assert all(f"| {rung} |" in table for rung in bench.RUNGS) and "Machine:" in table
+
+
+def test_mfu_comes_from_the_accounting_function(tiny_figures):
+    figures, calls = tiny_figures
+    assert ("kaplan", "train", True) in calls
+    peak = figures["matmul_peak_flops"]
+    for rung in bench.RUNGS:
+        for step in ("", "_k1"):
+            rate = figures[f"train_{rung}{step}_tokens_per_sec"]
+            assert figures[f"train_{rung}{step}_model_flops_per_sec"] == pytest.approx(1234.5 * rate)
+            assert figures[f"train_{rung}{step}_mfu"] == pytest.approx(1234.5 * rate / peak)
+
+
+def test_torch_reference_matches_the_jax_model_size():
+    torch = pytest.importorskip("torch", reason="the torch reference needs requirements-bench.txt")
+    from experiments import bench_torch
+    import jax
+    from models.transformer import Transformer
+    config = bench_train.tiny_model_config()
+    jax_params = Transformer(config).init(jax.random.PRNGKey(0), jax.numpy.zeros((1, config.n_ctx), "int32"))
+    counts = accounting.param_counts(jax_params)
+    model = bench_torch.build_model(config)
+    assert sum(p.numel() for p in model.parameters()) == counts["total"]
+    step, loss_fn = bench_torch.make_train_step(model)
+    windows = torch.randint(0, config.vocab_size, (4, config.n_ctx + 1), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        first = loss_fn(windows).item()
+    assert first == pytest.approx(math.log(config.vocab_size), rel=0.05)   # near-uniform at init, like JAX
+    for _ in range(5):
+        step(windows)
+    with torch.no_grad():
+        assert loss_fn(windows).item() < first   # the Adam step trains
+
+
+def test_markdown_table_states_goals_and_missing_figures():
+    table = bench.markdown_table({"bench_cpu": "X", "bench_cpu_count": 2, "train_mid_tokens_per_sec": 1000.0,
+                                  "train_mid_mfu": 0.5, "noise_overhead_fraction": 0.03})
+    assert "| mid |" in table and "50.0%" in table and "≤ 5%" in table and "3.0%" in table
+    assert "| small |" not in table
+
+
+def test_bench_rejects_an_unknown_section(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "experiments.bench", "gpu", f"--out={out}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "unknown section" in proc.stderr
+    assert not out.exists()
