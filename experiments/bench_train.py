@@ -174,13 +174,26 @@ def run(figures: dict | None = None, tiny: bool = False, torch_reference: bool =
     from experiments import bench_torch
 
     figures = dict(figures or {})
+    if torch_reference:
+        try:
+            bench_torch._torch()  # pylint: disable=protected-access
+        except ImportError as e:
+            # CI and plain installs have no torch: the JAX figures still come, the reference says why not.
+            print(f"  [torch reference skipped] {e}", flush=True)
+            torch_reference = False
+            torch_missing = str(e)
+        else:
+            torch_missing = None
+    else:
+        torch_missing = "not requested"
     if tiny and "matmul_peak_flops" not in figures:
         from experiments import bench_matmul
         figures.update(bench_matmul.run(tiny=True))
     peak, peak_source = peak_for_mfu(figures)
     batch = 8 if tiny else BATCH
     out = {"train_batch_sequences": batch, "train_microbatches": DEFAULT_MICROBATCHES,
-           "train_mfu_peak_source": peak_source}
+           "train_mfu_peak_source": peak_source,
+           "torch_reference": f"unavailable: {torch_missing}" if torch_missing else "measured"}
     for rung, model_config in rung_configs(tiny).items():
         steps, windows = (2, 1) if tiny else (STEPS[rung], WINDOWS)
         out[f"train_{rung}_shape"] = f"{model_config.n_layer}x{model_config.d_model} n_ctx {model_config.n_ctx}"
