@@ -44,19 +44,6 @@ class NotMeasured(Exception):
 
 
 # --- the sweep on disk ------------------------------------------------------------------------------------
-def _read_jsonl(path: str) -> list[dict]:
-    out = []
-    if not os.path.exists(path):
-        return out
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # a line cut by a crash: the rest of the file is still good
-    return out
 
 
 @dataclasses.dataclass
@@ -87,7 +74,7 @@ class Sweep:
                         summaries[name] = json.load(f)
                 except json.JSONDecodeError:
                     summaries[name] = {}
-            evals[name] = _read_jsonl(os.path.join(workdir, "eval.jsonl"))
+            evals[name] = fileio.read_jsonl(os.path.join(workdir, "eval.jsonl"))
             s = summaries.get(name, {})
             for k, v in s.items():  # runs.csv wins; the summary fills what it lacks
                 if r.get(k) is None and isinstance(v, (int, float)) and not isinstance(v, bool):

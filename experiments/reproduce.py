@@ -23,7 +23,6 @@ The exit status is non-zero when any run failed or a stage could not produce its
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import subprocess
 import sys
@@ -57,14 +56,6 @@ def run_stage(name: str, argv: list[str]) -> bool:
     return proc.returncode == 0
 
 
-def read_json(path: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def ladder_points(root: str, runs) -> dict:
     """(N, best eval loss) of the finished ladder runs, from their summary.json files."""
     from scaling import sweep
@@ -72,7 +63,7 @@ def ladder_points(root: str, runs) -> dict:
     for run in runs:
         if run.group != "ladder":
             continue
-        summary = read_json(os.path.join(sweep.run_dir(root, run.name), "summary.json"))
+        summary = fileio.read_json_object(os.path.join(sweep.run_dir(root, run.name), "summary.json"))
         if summary and summary.get("status", "finished") == "finished" and summary.get("best_eval_loss"):
             names.append(run.name)
             n.append(float(summary["n_params_nonembedding"]))
@@ -95,7 +86,7 @@ def write_prediction(root: str, runs, n_boot: int) -> dict | None:
     if target is None:
         log("predict: the sweep has no holdout group; nothing to predict")
         return None
-    existing = read_json(path)
+    existing = fileio.read_json_object(path)
     if existing and existing.get("target_run") == target.name:
         log(f"predict: keeping the prediction written at {existing['written_at']}")
         return existing

@@ -1,4 +1,5 @@
-"""Atomic file writes and strict-JSON conversion shared by the trainer, the fitters and the CLIs.
+"""Atomic file writes, strict-JSON conversion and tolerant JSON readers shared by the trainer, the
+noise and analysis code, the sweep and the CLIs.
 
 A file is written to a temporary name beside it and renamed, so a crash never leaves a truncated
 summary, fit or CSV; NaN/inf become null because strict JSON has no NaN.
@@ -43,3 +44,35 @@ def write_text_atomic(path: str, text: str) -> None:
 
 def write_json_atomic(path: str, obj: Any, sort_keys: bool = False) -> None:
     write_text_atomic(path, json.dumps(json_safe(obj), indent=2, sort_keys=sort_keys) + "\n")
+
+
+def read_jsonl(path: str, *, strict: bool = False) -> list[dict]:
+    """The records of a JSON-lines file; [] when it does not exist.
+
+    A torn last line (a run killed mid-write) is always skipped. Any other line that is not JSON is
+    skipped too, unless ``strict``: then it is an error naming the file and the line.
+    """
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        lines = f.read().splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if strict and i != len(lines) - 1:
+                raise ValueError(f"{path}:{i + 1}: not valid JSON") from None
+    return records
+
+
+def read_json_object(path: str) -> dict | None:
+    """The JSON object in ``path``, or None when it is missing, unreadable or not an object."""
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None

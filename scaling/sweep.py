@@ -417,14 +417,6 @@ def shell_command(run: Run, root: str, launcher: str | None = None) -> str:
 
 # --- run state and runs.csv --------------------------------------------------------------------------
 
-def _read_json(path: str) -> dict | None:
-    try:
-        with open(path) as f:
-            value = json.load(f)
-        return value if isinstance(value, dict) else None
-    except (OSError, ValueError):
-        return None
-
 
 def run_dir(root: str, name: str) -> str:
     return os.path.join(root, "runs", name)
@@ -433,10 +425,10 @@ def run_dir(root: str, name: str) -> str:
 def run_status(root: str, run: dict) -> tuple[str, dict | None, str]:
     """(finished|failed|pending, summary or None, error) of one sweep.json run record, from its directory."""
     workdir = run_dir(root, run["name"])
-    summary = _read_json(os.path.join(workdir, "summary.json"))
+    summary = fileio.read_json_object(os.path.join(workdir, "summary.json"))
     if summary and summary.get("steps", -1) >= run["planned"]["steps"] and summary.get("final_eval_loss") is not None:
         return "finished", summary, ""
-    state = _read_json(os.path.join(workdir, "launcher.json")) or {}
+    state = fileio.read_json_object(os.path.join(workdir, "launcher.json")) or {}
     if state.get("status") == "failed":
         return "failed", None, state.get("error", "")
     return "pending", None, ""
@@ -491,7 +483,7 @@ def collect_runs_csv(root: str) -> str:
     One row per run of the sweep (in sweep order), status finished|failed|pending; finished rows take
     their numbers from summary.json, the others show what was planned.
     """
-    sweep = _read_json(os.path.join(root, "sweep.json"))
+    sweep = fileio.read_json_object(os.path.join(root, "sweep.json"))
     if sweep is None:
         raise FileNotFoundError(f"{os.path.join(root, 'sweep.json')} not found: run `python -m experiments.sweep "
                                 f"--gin_file=gin/sweeps/X.gin --root={root}` first")
@@ -651,7 +643,7 @@ def execute_run(run: Run, root: str, *, launcher: str | None = None, cores: list
             register(None)
     seconds = time.time() - started
     cpu_seconds = usage.ru_utime + usage.ru_stime
-    summary = _read_json(os.path.join(workdir, "summary.json"))
+    summary = fileio.read_json_object(os.path.join(workdir, "summary.json"))
     finished = (code == 0 and summary is not None and summary.get("steps", -1) >= run.planned["steps"])
     if finished:
         status, error = "finished", ""

@@ -21,6 +21,7 @@ import os
 
 import numpy as np
 
+from scaling import fileio
 from scaling.noise import estimator
 
 
@@ -44,20 +45,9 @@ class GnsRecords:
 
 
 def read_jsonl(path: str) -> list[dict]:
-    """Records of a .jsonl file; a truncated last line (a run killed mid-write) is ignored."""
-    out = []
-    with open(path) as f:
-        lines = f.read().splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
-            raise ValueError(f"{path}:{i + 1}: not valid JSON") from None
-    return out
+    """Records of a .jsonl file; a truncated last line (a run killed mid-write) is ignored, any other
+    invalid line is an error."""
+    return fileio.read_jsonl(path, strict=True)
 
 
 def has_gns(records: list[dict]) -> bool:

@@ -19,21 +19,7 @@ import numpy as np
 from scaling import fileio
 
 
-def read_jsonl(path: str) -> list[dict]:
-    """The complete records of a JSON-lines file (a torn last line from a crash is skipped)."""
-    if not os.path.exists(path):
-        return []
-    records = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
-    return records
+read_jsonl = fileio.read_jsonl  # tolerant: a torn line from a crash is skipped
 
 
 class JsonlLog:

@@ -94,3 +94,13 @@ def test_truncated_last_line_is_ignored(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
     assert [r["step"] for r in offline.read_jsonl(str(path))] == [1, 2]
+
+
+def test_invalid_line_inside_metrics_is_an_error_but_the_tolerant_reader_skips_it(tmp_path):
+    from scaling import fileio
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: not valid JSON"):
+        offline.read_jsonl(str(path))
+    assert [r["step"] for r in fileio.read_jsonl(str(path))] == [1, 3]
+    assert fileio.read_jsonl(str(tmp_path / "absent.jsonl")) == []
