@@ -195,6 +195,11 @@ class Report:
         return record, fit.predict, notes
 
 
+def _param_ci_notes(symbol: str, params: dict, ci95: dict, key: str) -> list:
+    """Wide-CI notes for one fitted parameter (an absent interval counts as unknown, not narrow)."""
+    return rt.ci_notes(symbol, params[key], *(ci95.get(key) or [float("nan")] * 2))
+
+
 def _notes_text(notes) -> str:
     return (" **" + "; ".join(notes) + ".**") if notes else ""
 
@@ -221,7 +226,7 @@ def section_ln(rep: Report) -> list:
                  f"N = {_range(N)} (paper 7e2–1.5e9), {steps} steps each, not trained to convergence", notes)
     rep.exponent("N_c", "L(N) constant", rec["params"]["N_c"], rec["ci95"].get("N_c"), T5["N_c"], "Table 5",
                  "loss scale depends on tokenizer/vocabulary and corpus: not comparable across data sets",
-                 rt.ci_notes("N_c", rec["params"]["N_c"], *rec["ci95"].get("N_c", [float("nan")] * 2)))
+                 _param_ci_notes("N_c", rec["params"], rec["ci95"], "N_c"))
     lines = [f"Ladder: {len(rows)} runs, N = {_range(N)} non-embedding parameters, loss = best eval loss "
              f"(nats/token).", "",
              f"- **Non-embedding N**: α_N = {rt.format_ci(a, ci, '{:.4f}')}, N_c = {_fmt(rec['params']['N_c'])}; "
@@ -332,8 +337,7 @@ def section_lnd(rep: Report) -> list:
     pred = laws.loss_of_nd(N, D, p["N_c"], p["D_c"], p["alpha_N"], p["alpha_D"])
     q = rt.fit_quality(D, L, pred)
     notes = rt.quality_notes(q)
-    notes_n = rt.ci_notes("α_N", p["alpha_N"], *ci.get("alpha_N", [float("nan")] * 2))
-    notes_d = rt.ci_notes("α_D", p["alpha_D"], *ci.get("alpha_D", [float("nan")] * 2))
+    notes_n, notes_d = _param_ci_notes("α_N", p, ci, "alpha_N"), _param_ci_notes("α_D", p, ci, "alpha_D")
     rep.save_fit("kaplan_nd", dict(fit.record, quality=q, notes=notes + notes_n + notes_d,
                                    runs=[str(x[0]["run"]) for x in pts]))
     rng = f"N = {_range(N)}, D = {_range(D)} tokens; {len(pts)} runs (paper: N up to 1.5e9, D 2.2e7–2.3e10)"
@@ -545,8 +549,7 @@ def section_lns(rep: Report) -> list:
     pred = laws.loss_of_ns(N, S, p["N_c"], p["S_c"], p["alpha_N"], p["alpha_S"])
     q = rt.fit_quality(S, L, pred)
     notes = rt.quality_notes(q)
-    notes_n = rt.ci_notes("α_N", p["alpha_N"], *ci.get("alpha_N", [float("nan")] * 2))
-    notes_s = rt.ci_notes("α_S", p["alpha_S"], *ci.get("alpha_S", [float("nan")] * 2))
+    notes_n, notes_s = _param_ci_notes("α_N", p, ci, "alpha_N"), _param_ci_notes("α_S", p, ci, "alpha_S")
     rep.save_fit("kaplan_ns", dict(fit.record, quality=q, notes=notes + notes_n + notes_s))
     rng = f"N = {_range(N)}, S_min = {_range(S)} steps, {len(rows)} points" + (
         f" (thinned evenly within each run from {n_all})" if n_all > len(rows) else "")
@@ -588,7 +591,7 @@ def section_bcrit(rep: Report) -> list:
     if len(per) >= 2:
         q = rt.fit_quality(Lt, Bc, b["B_star"] / Lt ** (1 / b["alpha_B"]))
         notes = rt.quality_notes(q)
-    notes_a = rt.ci_notes("α_B", b["alpha_B"], *(ci.get("alpha_B") or [float("nan")] * 2))
+    notes_a = _param_ci_notes("α_B", b, ci, "alpha_B")
     unbracketed = sum(1 for t in per if not t.get("bracketed", True))
     if unbracketed:
         notes.append(f"{unbracketed} of {len(per)} targets are not bracketed by the scanned batches (bounds only)")
