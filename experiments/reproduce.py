@@ -77,9 +77,27 @@ def holdout_started(root: str, run) -> bool:
     return any(os.path.exists(os.path.join(directory, f)) for f in ("summary.json", "metrics.jsonl", "checkpoints"))
 
 
+def prediction_laws(n_points: int) -> list:
+    """Laws that predict the holdout, headline first. Every ladder run trains the same S steps, so eq 1.6 at
+    fixed S (power law + the shared (S_c/S)^α_S) is the right form; it has 3 parameters and is the headline
+    only with >= 5 rungs (2 degrees of freedom). Eq 1.1 (pure power law, exact only at convergence) is always
+    reported beside it."""
+    return ["kaplan_n_fixed_s", "kaplan_n"] if n_points >= 5 else ["kaplan_n"]
+
+
+def predict_loss(law: str, points: dict, n_target: float, n_boot: int) -> dict:
+    """One law fitted on the ladder points, evaluated at N = n_target with its bootstrap 95 % interval."""
+    from scaling.analysis import api
+    fit = api.fit_law(law, {"N": points["N"], "loss": points["loss"]}, n_boot=n_boot, seed=0)
+    pred, lo, hi = (float(v[0]) for v in fit.predict({"N": [n_target]}))
+    finite = lambda v: v if v == v and abs(v) != float("inf") else None  # JSON null = unbounded side
+    return {"loss_pred": pred, "loss_pred_lo": finite(lo), "loss_pred_hi": finite(hi),
+            "fit_params": fit.record["params"], "fit_ci95": fit.record.get("ci95", {})}
+
+
 def write_prediction(root: str, runs, n_boot: int) -> dict | None:
     """Fits L(N) on the ladder and writes ROOT/prediction.json for the holdout run (once, before it trains)."""
-    from scaling.analysis import api, fitting
+    from scaling.analysis import fitting
     from scaling.analysis.io import InputError
     path = os.path.join(root, "prediction.json")
     target = next((r for r in runs if r.group == HOLDOUT), None)
@@ -99,22 +117,27 @@ def write_prediction(root: str, runs, n_boot: int) -> dict | None:
     if len(points["N"]) < 3:
         log(f"predict: only {len(points['N'])} finished ladder runs; need >= 3 to predict {target.name}")
         return None
-    try:
-        fit = api.fit_law("kaplan_n", {"N": points["N"], "loss": points["loss"]}, n_boot=n_boot, seed=0)
-    except (InputError, fitting.FitError) as e:
-        log(f"predict: the L(N) fit failed ({e}); no prediction")
-        return None
     n_target = float(target.planned["n_params_nonembedding"])
-    pred, lo, hi = (float(v[0]) for v in fit.predict({"N": [n_target]}))
-    record = {"law": "kaplan_n", "fit_runs": points["run"], "fit_params": fit.record["params"],
-              "fit_ci95": fit.record.get("ci95", {}), "target_run": target.name,
+    predictions = {}
+    for law in prediction_laws(len(points["N"])):
+        try:
+            predictions[law] = predict_loss(law, points, n_target, n_boot)
+        except (InputError, fitting.FitError) as e:
+            log(f"predict: the {law} fit failed ({e})")
+    if not predictions:
+        log("predict: no L(N) fit succeeded; no prediction")
+        return None
+    law = next(iter(predictions))  # the first law that fits is the headline, chosen by rule before training
+    record = {"law": law, **predictions[law], "alternatives": {k: v for k, v in predictions.items() if k != law},
+              "fit_runs": points["run"], "target_run": target.name,
               "n_params_nonembedding": n_target, "fit_n_range": [min(points["N"]), max(points["N"])],
-              "extrapolation_factor": n_target / max(points["N"]),
-              "loss_pred": pred, "loss_pred_lo": lo, "loss_pred_hi": hi, "bootstrap": n_boot,
+              "extrapolation_factor": n_target / max(points["N"]), "bootstrap": n_boot,
               "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    pred, lo, hi = record["loss_pred"], record["loss_pred_lo"], record["loss_pred_hi"]
     fileio.write_json_atomic(path, record)
+    bound = lambda v, inf: inf if v is None else f"{v:.4f}"
     log(f"predict: {target.name} (N = {n_target:,.0f}) best eval loss {pred:.4f} "
-        f"[95% {lo:.4f}, {hi:.4f}] from {len(points['N'])} ladder runs -> {path}")
+        f"[95% {bound(lo, '-inf')}, {bound(hi, 'inf')}] by {law} from {len(points['N'])} ladder runs -> {path}")
     return record
 
 

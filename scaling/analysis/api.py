@@ -15,11 +15,12 @@ import numpy as np
 from scaling.analysis import bcrit, fitting, isoflop, laws, specs
 from scaling.analysis.io import InputError
 
-LAWS = ("kaplan_n", "kaplan_d", "kaplan_c", "kaplan_nd", "kaplan_ns", "bcrit", "chinchilla", "isoflop", "muennighoff")
+LAWS = ("kaplan_n", "kaplan_n_fixed_s", "kaplan_d", "kaplan_c", "kaplan_nd", "kaplan_ns", "bcrit", "chinchilla", "isoflop",
+        "muennighoff")
 
 # Columns each law needs besides `loss` (kaplan_c and isoflop accept N and D instead of C: C = 6·N·D).
-REQUIRED = dict(kaplan_n=("N",), kaplan_d=("D",), kaplan_c=("C",), kaplan_nd=("N", "D"), kaplan_ns=("N", "S"),
-                bcrit=("B",), chinchilla=("N", "D"), isoflop=("N", "C"), muennighoff=("N", "D", "U"))
+REQUIRED = dict(kaplan_n=("N",), kaplan_n_fixed_s=("N",), kaplan_d=("D",), kaplan_c=("C",), kaplan_nd=("N", "D"),
+                kaplan_ns=("N", "S"), bcrit=("B",), chinchilla=("N", "D"), isoflop=("N", "C"), muennighoff=("N", "D", "U"))
 
 CONVENTION = dict(N="non-embedding parameters (Kaplan)", D="tokens", C="training FLOPs, C = 6*N*D",
                   loss="nats/token", B="batch size in tokens", S="optimizer steps (S_min for kaplan_ns)",

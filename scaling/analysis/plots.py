@@ -12,7 +12,7 @@ import scipy.interpolate  # noqa: E402
 
 from scaling.analysis import isoflop as isoflop_lib  # noqa: E402
 
-_X_OF_LAW = dict(kaplan_n="N", kaplan_d="D", kaplan_c="C", kaplan_nd="N", kaplan_ns="S", chinchilla="N",
+_X_OF_LAW = dict(kaplan_n="N", kaplan_n_fixed_s="N", kaplan_d="D", kaplan_c="C", kaplan_nd="N", kaplan_ns="S", chinchilla="N",
                  muennighoff="D", bcrit="loss", isoflop="C")
 
 
