@@ -1,8 +1,9 @@
 """Fit a scaling law to points: `python -m experiments.fit --law=NAME --points=FILE.csv --out=FILE.json`.
 
 CSV columns by name: N (non-embedding params), D (tokens), loss (nats/token), and where the law needs them
-C (FLOPs), B (batch tokens), S (steps), U (unique tokens). Laws: kaplan_n, kaplan_d, kaplan_c, kaplan_nd,
-kaplan_ns, bcrit, chinchilla (approach 3), isoflop (approach 2), muennighoff.
+C (FLOPs), B (batch tokens), S (steps), U (unique tokens). Laws: kaplan_n, kaplan_n_fixed_s (eq 1.6 with
+every run at one step count: (N_c/N)^alpha_N + L_S), kaplan_d, kaplan_c, kaplan_nd, kaplan_ns, bcrit,
+chinchilla (approach 3), isoflop (approach 2), muennighoff.
 
 The JSON holds law, params (paper symbols), ci95 (bootstrap percentile intervals), objective, n_points,
 derived (frontier exponents a, b for chinchilla/isoflop, ...), convention. `--predict=ROWS.csv

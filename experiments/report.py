@@ -235,7 +235,10 @@ def section_ln(rep: Report) -> list:
     series = [dict(x=N, y=L, kind="scatter", color="k", label="ladder runs"), *_fit_band(predict, "N", N),
               _paper_slope_line(N, L, -T5["alpha_N"], f"paper slope α_N = {T5['alpha_N']}")]
     lines += _fixed_s_fit(rep, rows, N, L, series)
-    panels = [dict(title=f"non-embedding N: α_N = {a:.3f}", xlabel="N (non-embedding parameters)",
+    fixed_s = rep.setup.get("ln_fixed_s")
+    title = f"non-embedding N: α_N = {a:.3f} (eq 1.1)" + (
+        f", {fixed_s['alpha_N']:.3f} (eq 1.6 at fixed S)" if fixed_s else "")
+    panels = [dict(title=title, xlabel="N (non-embedding parameters)",
                    ylabel="loss (nats/token)", ylog=True, series=series)]
     rows_t, Nt, Lt = _scored(ladder, "n_params_total")
     if len(rows_t) >= 3:

@@ -10,8 +10,9 @@ Stages (each idempotent; rerunning the command resumes where it stopped and redo
    their checkpoints, failures recorded and retried on the next invocation).
 2. **noise**: `experiments.noise_scale --root` — B_simple along every run, and B_crit(L) from the
    `batch_scan` group (ROOT/noise/).
-3. **predict**: Kaplan's L(N) fitted on the finished `ladder` runs predicts the best eval loss of the
-   `holdout` run (a larger model) with a bootstrap 95 % interval; written to ROOT/prediction.json
+3. **predict**: L(N) fitted on the finished `ladder` runs (eq 1.6 at their one step count, and eq 1.1 beside
+   it) predicts the best eval loss of the `holdout` run (a larger model) with a bootstrap 95 % interval;
+   written to ROOT/prediction.json
    *before* that run starts, and never rewritten once the run has begun (its `written_at` time and
    the run's start time are both in the report, so the order is checkable).
 4. **holdout**: trains the held-out run.
@@ -36,7 +37,7 @@ PRESETS = {"quick": "gin/sweeps/kaplan_cpu_quick.gin", "full": "gin/sweeps/kapla
 HOLDOUT = "holdout"
 
 ROOT = flags.DEFINE_string("root", "runs/reproduce", "Output directory (runs/, runs.csv, noise/, fits/, report.md).")
-PRESET = flags.DEFINE_enum("preset", "quick", list(PRESETS), "Which sweep: quick (embedded corpus, ~20 min on "
+PRESET = flags.DEFINE_enum("preset", "quick", list(PRESETS), "Which sweep: quick (embedded corpus, ~15 min on "
                            "2 cores) or full (../shared/data/corpus, hours).")
 SWEEP = flags.DEFINE_string("sweep", None, "A sweep gin file instead of the preset's (same groups).")
 WORKERS = flags.DEFINE_integer("workers", None, "Concurrent runs (default: sized to the machine).")

@@ -91,3 +91,32 @@ def test_figures_are_written(tmp_path):
             head = f.read(8)
         assert head == b"\x89PNG\r\n\x1a\n"
         assert (tmp_path / p).stat().st_size > 10_000
+
+
+def test_kaplan_n_fixed_s_recovers_eq_1_6_at_one_step_count():
+    # Table 3 constants at S = 300 steps: every rung carries L_S = (S_c/S)^α_S ≈ 4.4 nats.
+    t3 = laws.KAPLAN_TABLE3
+    N = np.logspace(4, 6, 8)
+    L_S = (t3["S_c"] / 300.0) ** t3["alpha_S"]
+    loss = laws.loss_of_ns(N, 300.0)
+    rec = api.fit_law("kaplan_n_fixed_s", dict(N=N, loss=loss), n_boot=20).record
+    assert rec["params"]["alpha_N"] == pytest.approx(t3["alpha_N"], rel=1e-3)
+    assert rec["params"]["L_S"] == pytest.approx(L_S, rel=1e-3)
+    assert rec["params"]["N_c"] == pytest.approx(t3["N_c"], rel=0.05)
+    # A pure power law through the same points is the wrong form: its slope is well below α_N.
+    pure = api.fit_law("kaplan_n", dict(N=N, loss=loss)).record
+    assert pure["params"]["alpha_N"] < 0.6 * t3["alpha_N"]
+
+
+def test_tiny_exponents_put_log_scales_far_out_and_the_grids_still_bracket_them():
+    # Small, briefly trained models: α ~ 0.03, so log N_c ~ 80 (outside the old [10, 55] start grid).
+    N, D = (g.ravel() for g in np.meshgrid(np.logspace(4, 6, 4), np.logspace(4.5, 6, 3)))
+    loss = noisy(laws.loss_of_nd(N, D, N_c=np.exp(80.0), D_c=np.exp(70.0), alpha_N=0.03, alpha_D=0.035), 0.001)
+    rec = api.fit_law("kaplan_nd", dict(N=N, D=D, loss=loss)).record
+    assert rec["params"]["alpha_N"] == pytest.approx(0.03, abs=0.01)
+    assert 60 < np.log(rec["params"]["N_c"]) < 100
+
+
+def test_degenerate_bootstrap_replicates_give_unbounded_ci_not_overflow():
+    # exp(log N_c) past float64's range becomes inf in the parameter map (an unbounded CI side).
+    assert specs.PARAMETRIC_LAWS["kaplan_ns"].to_params(np.array([800.0, 5.0, 0.01, 0.5]))["N_c"] == np.inf
