@@ -7,8 +7,10 @@ pipeline is benchmarked separately):
                                 executes it by default (K = 4 strided microbatches + the noise-scale
                                 estimator; compile excluded; best of 3 timed windows on a shared machine)
   train_<rung>_k1_*             the same for the plain step (K = 1, no estimator): the torch step's algorithm
-  train_<rung>_mfu              model FLOPs/token (models.accounting: Kaplan 6N + attention) x tokens/s
+  train_<rung>_mfu              model FLOPs/token (models.accounting.mfu_flops_per_token: every matmul,
+                                i.e. Kaplan 6N + causal attention + the 6·d·V unembedding) x tokens/s
                                 / peak: the measured matmul peak on CPU, the platform table on accelerators
+  train_<rung>_mfu_kaplan       the same with Kaplan 6N + attention only (no unembedding), as before
   train_<rung>_compile_s        AOT compile time of the step
   torch_eager_<rung>_tokens_per_sec, torch_compile_<rung>_tokens_per_sec
                                 experiments.bench_torch: the same model, batch, sequence and Adam step
@@ -149,9 +151,11 @@ def time_train_step(model_config, batch: int = BATCH, steps: int = 10, *, microb
     timer = StepTimer(model_config, batch, microbatches, noise_scale)
     step_s = best_window_seconds(timer.steps, steps, windows)
     run = timer.run
-    fpt = accounting.flops_per_token(run.model_config, "kaplan", "train", include_context=True).flops
+    fpt = accounting.mfu_flops_per_token(run.model_config)
+    fpt_kaplan = accounting.flops_per_token(run.model_config, "kaplan", "train", include_context=True).flops
     loss = float(jax.device_get(timer.metrics["loss"]))
     return {"step_s": step_s, "tokens_per_sec": batch * model_config.n_ctx / step_s, "flops_per_token": fpt,
+            "flops_per_token_kaplan": fpt_kaplan,
             "compile_s": timer.compile_s, "n_params_nonembedding": run.n_nonembedding, "loss": loss,
             "devices": run.mesh.devices.size}
 
@@ -205,6 +209,7 @@ def run(figures: dict | None = None, tiny: bool = False, torch_reference: bool =
             out[f"train_{rung}{suffix}_tokens_per_sec"] = rate
             out[f"train_{rung}{suffix}_step_ms"] = 1e3 * result["step_s"]
             out[f"train_{rung}{suffix}_mfu"] = mfu.mfu(result["flops_per_token"], rate, peak)
+            out[f"train_{rung}{suffix}_mfu_kaplan"] = mfu.mfu(result["flops_per_token_kaplan"], rate, peak)
             out[f"train_{rung}{suffix}_model_flops_per_sec"] = result["flops_per_token"] * rate
             out[f"train_{rung}{suffix}_compile_s"] = result["compile_s"]
             print(f"  [{rung}{suffix or ' default'}] {rate:,.0f} tokens/s, MFU {out[f'train_{rung}{suffix}_mfu']:.3f}",

@@ -143,6 +143,16 @@ def flops_per_token(config, convention: str = "kaplan", mode: str = "train",
                          include_context=include_context)
 
 
+def mfu_flops_per_token(config) -> float:
+    """Training FLOPs per token for MFU: every matmul the model runs, no recomputation.
+
+    Kaplan's 6N leaves out the unembedding (6·d_model·vocab per token: 18 % of the 6 x 256 CPU rung's work at
+    vocab 4096), which PaLM (App. B: 6N with N counting the tied embedding) and MaxText count; the attention
+    term is Kaplan's causal one (6·n_layer·n_ctx·d_attn). That is the ``porian`` convention with context.
+    """
+    return flops_per_token(config, "porian", "train", include_context=True).flops
+
+
 def params_for_convention(config, convention: str = "kaplan") -> int:
     """N as each convention defines it."""
     if convention == "kaplan":

@@ -318,6 +318,7 @@ def _model_summary(run: Run) -> dict:
         "flops_per_token": fpt.flops,                      # Kaplan C ≈ 6N per token
         "flops_per_token_with_context": fpt_ctx.flops,     # + 6·n_layer·n_ctx·d_attn
         "flops_per_token_chinchilla": accounting.flops_per_token(cfg, "chinchilla", "train").flops,
+        "flops_per_token_mfu": accounting.mfu_flops_per_token(cfg),   # + unembedding 6·d·V: all matmuls
         "flops_convention": fpt.convention,
     }
 
@@ -385,7 +386,7 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
     model_info = _model_summary(run)
     flops_per_token = model_info["flops_per_token"]
     # MFU counts the attention FLOPs too (they are real work), as PaLM App. B does.
-    mfu_flops_per_token = model_info["flops_per_token_with_context"]
+    mfu_flops_per_token = model_info["flops_per_token_mfu"]
     peak, peak_source = mfu_lib.peak_flops(run.mesh.devices.flat, run.model_config.dtype)
 
     metrics_log = metrics_lib.JsonlLog(os.path.join(workdir, "metrics.jsonl"))

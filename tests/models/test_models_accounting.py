@@ -207,3 +207,14 @@ def test_plan_list_models_cli_prints_the_table():
     assert out.returncode == 0, out.stderr[-2000:]
     assert "gin/models/cpu_12k.gin" in out.stdout and "gin/models/paper_1b5.gin" in out.stdout
     assert "1,474,560,000" in out.stdout  # 48 layers × d_model 1600: Kaplan's largest size
+
+
+def test_mfu_flops_count_every_matmul_including_the_unembedding():
+    cfg = TransformerConfig(vocab_size=4096, n_ctx=128, n_layer=6, d_model=256, d_ff=1024, d_attn=256, n_heads=8)
+    n = 12 * 6 * 256 ** 2
+    attention = 6 * 6 * 128 * 256          # Kaplan's causal context term, x3 for training
+    unembedding = 6 * 256 * 4096           # logits matmul forward (2dV) + its two backward matmuls
+    assert accounting.mfu_flops_per_token(cfg) == 6 * n + attention + unembedding
+    # Kaplan's C = 6N undercounts the work the step actually runs by the unembedding share (18% here).
+    kaplan = accounting.flops_per_token(cfg, "kaplan", "train", include_context=True).flops
+    assert accounting.mfu_flops_per_token(cfg) / kaplan == pytest.approx(1 + unembedding / (6 * n + attention))
