@@ -139,7 +139,8 @@ PARAMETRIC_LAWS = {
         "Kaplan eq 1.6: L = (N_c/N)^alpha_N + (S_c/S_min)^alpha_S"),
     "kaplan_n_fixed_s": ParametricLaw(
         "kaplan_n_fixed_s", ("log_N_c", "log_L_S", "alpha_N"), ("N",), kaplan_n_fixed_s_log_pred,
-        _kaplan_n_fixed_s_params, ((0, 10, 20, 40, 70, 120), (-4, -2, 0, 1, 1.5, 2, 2.5), (0.01, 0.05, 0.2, 0.5, 1.0)),
+        _kaplan_n_fixed_s_params, ((0, 10, 20, 40, 70, 120), (-10, -6, -3, -1, 0, 1, 1.5, 2, 2.5),
+                                  (0.01, 0.05, 0.2, 0.5, 1.0)),
         "Kaplan eq 1.6 at one step count S for every run: L = (N_c/N)^alpha_N + L_S, L_S = (S_c/S)^alpha_S"),
     "muennighoff": ParametricLaw(
         "muennighoff", ("a", "b", "e", "alpha", "beta", "log_R_D_star", "log_R_N_star"), ("N", "D", "U"),

@@ -60,6 +60,10 @@ def test_report_full_sweep_writes_report_and_every_figure(full):
 def test_report_fits_recover_the_generating_exponents(full):
     root = full[0]
     assert fit(root, "kaplan_n")["params"]["alpha_N"] == pytest.approx(synth.ALPHA_N, rel=0.05)
+    # Eq 1.6 at the ladder's one step count: α_N and the shared L_S = (S_c/S)^α_S.
+    fixed_s = fit(root, "kaplan_n_fixed_s")["params"]
+    assert fixed_s["alpha_N"] == pytest.approx(synth.ALPHA_N, rel=0.01)
+    assert fixed_s["L_S"] == pytest.approx((synth.S_C / 1e7) ** synth.ALPHA_S, rel=0.05)
     nd = fit(root, "kaplan_nd")["params"]  # eq 1.5 with Kaplan Table 2 constants
     assert nd["alpha_N"] == pytest.approx(0.076, rel=0.05) and nd["alpha_D"] == pytest.approx(0.103, rel=0.05)
     ns = fit(root, "kaplan_ns")["params"]  # eq 1.6 with Table 3 constants
