@@ -278,19 +278,20 @@ def _fixed_s_fit(rep: Report, rows, N, L, series: list) -> list:
     p, ci = fit.record["params"], fit.record["ci95"]
     q = rt.fit_quality(N, L, fit.predict(dict(N=N))[0])
     notes = rt.quality_notes(q) + _param_ci_notes("α_N", p, ci, "alpha_N") + _param_ci_notes("L_S", p, ci, "L_S")
+    n_steps = float(next(iter(steps)))
     rep.save_fit("kaplan_n_fixed_s", dict(fit.record, quality=q, notes=notes, x="n_params_nonembedding",
-                                          steps=float(next(iter(steps)))))
+                                          steps=n_steps))
     rep.setup["ln_fixed_s"] = dict(alpha_N=p["alpha_N"], ci=ci.get("alpha_N"), r2=q["r2_log"], L_S=p["L_S"])
     rep.exponent("α_N (eq 1.6, fixed S)", "L(N) = (N_c/N)^α_N + L_S, ladder at one step count", p["alpha_N"],
                  ci.get("alpha_N"), T3["alpha_N"], "Table 3",
-                 f"N = {_range(N)}, {len(rows)} rungs, all {next(iter(steps)):.0f} steps; L_S absorbs the shared "
+                 f"N = {_range(N)}, {len(rows)} rungs, all {n_steps:.0f} steps; L_S absorbs the shared "
                  "(S_c/S)^α_S, so α_N here is the converged-model exponent, not eq 1.1's fixed-S slope", notes)
     g = _grid(N)
     pred, lo, hi = fit.predict(dict(N=g))
     series.append(dict(x=g, y=pred, kind="line", color="tab:blue", label="eq 1.6 at fixed S (ours)"))
     if np.all(np.isfinite(lo)):
         series.append(dict(x=g, y=pred, lo=lo, hi=hi, kind="band", color="tab:blue", label="95% bootstrap"))
-    return [f"- **Eq 1.6 at fixed S** (every rung trained {next(iter(steps)):.0f} steps, so each carries the same "
+    return [f"- **Eq 1.6 at fixed S** (every rung trained {n_steps:.0f} steps, so each carries the same "
             f"(S_c/S)^α_S = L_S): α_N = {rt.format_ci(p['alpha_N'], ci.get('alpha_N'), '{:.3f}')}, "
             f"L_S = {rt.format_ci(p['L_S'], ci.get('L_S'), '{:.3f}')} nats, N_c = {_fmt(p['N_c'])}; "
             f"R² (log) = {q['r2_log']:.4f}, residual RMS {q['rms_log']:.2g} (paper Table 3: α_N = {T3['alpha_N']}). "
@@ -714,13 +715,20 @@ def _family_fit(rows):
     return rows, N, L, fit
 
 
+def _family_and_ladder(rep: Report, group: str):
+    """Finished runs of `group` and of the Transformer ladder, each with its power-law fit (or the section's
+    reason for not being measured)."""
+    _need(bool(rep.sweep.group(group, finished=False)), f"no `{group}` group in runs.csv")
+    family = _family_fit(rep.sweep.group(group))
+    _need(len(family[0]) >= 1, f"no `{group}` run has finished")
+    ladder = _family_fit(rep.sweep.group("ladder"))
+    _need(len(ladder[0]) >= 1, "no finished `ladder` run to compare with")
+    return family, ladder
+
+
 def section_lstm(rep: Report) -> list:
     """LSTM vs Transformer (Fig. 7): loss vs N and per-position loss."""
-    _need(bool(rep.sweep.group("lstm", finished=False)), "no `lstm` group in runs.csv")
-    lstm, Nl, Ll, fl = _family_fit(rep.sweep.group("lstm"))
-    _need(len(lstm) >= 1, "no `lstm` run has finished")
-    tr, Nt, Lt, ft = _family_fit(rep.sweep.group("ladder"))
-    _need(len(tr) >= 1, "no finished `ladder` run to compare with")
+    (lstm, Nl, Ll, fl), (tr, Nt, Lt, ft) = _family_and_ladder(rep, "lstm")
     left = [dict(x=Nt, y=Lt, kind="scatter", color="tab:blue", label="Transformer (ladder)"),
             dict(x=Nl, y=Ll, kind="scatter", color="tab:red", marker="s", label="LSTM")]
     lines = [f"LSTM runs: {len(lstm)} (N = {_range(Nl)}); Transformer ladder: {len(tr)} (N = {_range(Nt)}).", ""]
@@ -766,11 +774,7 @@ def _n_recurrence(rep: Report, row) -> float:
 
 def section_recurrent(rep: Report) -> list:
     """Recurrent (parameter-shared) Transformer (Fig. 17): N counted once and with the repeats."""
-    _need(bool(rep.sweep.group("recurrent", finished=False)), "no `recurrent` group in runs.csv")
-    rec, Nr, Lr, _ = _family_fit(rep.sweep.group("recurrent"))
-    _need(len(rec) >= 1, "no `recurrent` run has finished")
-    tr, Nt, Lt, ft = _family_fit(rep.sweep.group("ladder"))
-    _need(len(tr) >= 1, "no finished `ladder` run to compare with")
+    (rec, Nr, Lr, _), (tr, Nt, Lt, ft) = _family_and_ladder(rep, "recurrent")
     reps = np.array([_n_recurrence(rep, r) for r in rec])
     base = [dict(x=Nt, y=Lt, kind="scatter", color="tab:blue", label="Transformer (ladder)")]
     if ft:
@@ -876,6 +880,15 @@ def section_sample_efficiency(rep: Report) -> list:
     return lines + ["", rep.figure("sample_efficiency.png", panels, "Sample efficiency: Kaplan Fig. 2")]
 
 
+def _interval_text(lo, hi) -> str:
+    """'lo–hi' of a prediction interval; a null bound (non-finite bootstrap replicates) is an open side."""
+    return f"{_fmt(lo, '.4f') if lo is not None else '−∞'}–{_fmt(hi, '.4f') if hi is not None else '∞'}"
+
+
+def _inside(x: float, lo, hi) -> bool:
+    return (lo is None or lo <= x) and (hi is None or x <= hi)
+
+
 def section_prediction(rep: Report) -> list:
     """Predict-then-verify from prediction.json and the holdout run."""
     path = os.path.join(rep.root, "prediction.json")
@@ -888,7 +901,7 @@ def section_prediction(rep: Report) -> list:
     lines = [f"Law `{p.get('law')}` fitted on {len(p.get('fit_runs', []))} runs ({', '.join(map(str, p.get('fit_runs', [])))}), "
              f"written {p.get('written_at', '?')}, predicts the holdout run `{target}` "
              f"(N = {_fmt(p.get('n_params_nonembedding'))}): loss {_fmt(pred, '.4f')} "
-             f"(95% CI {_fmt(lo, '.4f') if lo is not None else '−∞'}–{_fmt(hi, '.4f') if hi is not None else '∞'}"
+             f"(95% CI {_interval_text(lo, hi)}"
              f"{'; unbounded: the fit is poorly determined' if lo is None or hi is None else ''}).", ""]
     row = next((r for r in rep.sweep.rows if str(r.get("run")) == target), None)
     if row is None or row.get("status") != "finished" or _loss(row) is None:
@@ -897,7 +910,7 @@ def section_prediction(rep: Report) -> list:
     measured = _loss(row)
     err = measured - pred
     # A null bound is an unbounded side of the interval (the bootstrap produced non-finite replicates).
-    inside = (lo is None or lo <= measured) and (hi is None or measured <= hi)
+    inside = _inside(measured, lo, hi)
     rep.setup["prediction"] = dict(pred=pred, lo=lo, hi=hi, measured=measured, error=err, inside=inside, run=target)
     final = row.get("final_eval_loss")
     final_text = f" (final eval loss {final:.4f})" if rt.positive(final) else ""
@@ -908,11 +921,10 @@ def section_prediction(rep: Report) -> list:
         a_pred, a_lo, a_hi = (alt.get(k) for k in ("loss_pred", "loss_pred_lo", "loss_pred_hi"))
         if not rt.positive(a_pred):
             continue
-        a_in = (a_lo is None or a_lo <= measured) and (a_hi is None or measured <= a_hi)
         lines.append(f"- Also written before training, by law `{law}`: {a_pred:.4f} (95% CI "
-                     f"{_fmt(a_lo, '.4f') if a_lo is not None else '−∞'}–{_fmt(a_hi, '.4f') if a_hi is not None else '∞'}"
-                     f"); error {measured - a_pred:+.4f} ({100 * (measured - a_pred) / a_pred:+.2f}%), "
-                     f"{'inside' if a_in else 'outside'} its CI.")
+                     f"{_interval_text(a_lo, a_hi)}); error {measured - a_pred:+.4f} "
+                     f"({100 * (measured - a_pred) / a_pred:+.2f}%), "
+                     f"{'inside' if _inside(measured, a_lo, a_hi) else 'outside'} its CI.")
     fit_rows = [r for r in rep.sweep.rows if str(r.get("run")) in set(map(str, p.get("fit_runs", [])))]
     fr, Nf, Lf = _scored(fit_rows, "n_params_nonembedding")
     n_t = p.get("n_params_nonembedding") or row.get("n_params_nonembedding")
