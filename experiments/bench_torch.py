@@ -7,8 +7,9 @@ projection; GELU-tanh MLP d_model -> d_ff -> d_model), final LayerNorm, tied une
 The step mirrors scaling/train/optimizers.py: mean next-token cross-entropy, global-norm clipping at
 1.0, Adam(β1 0.9, β2 0.95, eps 1e-8), one optimizer step per batch (K = 1, no noise-scale sums).
 
-`time_torch_train_step(model_config, batch, steps, compile=...)` times it eagerly or under
-torch.compile, steady state (the first steps, which compile, are timed separately).
+`TorchStepTimer(model_config, batch, compile=...)` holds it eagerly or under torch.compile and times
+windows of steps, steady state (the first steps, which compile, are timed separately), so that the
+train benchmark can interleave its windows with the JAX step's.
 """
 from __future__ import annotations
 
@@ -97,33 +98,40 @@ def make_train_step(model, learning_rate: float = 1e-3, grad_clip: float = 1.0):
     return step, loss_fn
 
 
-def time_torch_train_step(model_config, batch: int, steps: int = 10, compile: bool = False,
-                          warmup: int = 2, windows: int = 3, backend: str = "inductor") -> dict:
-    """Steady-state seconds per step of the torch reference (eager, or forward+backward under torch.compile
-    with ``backend``; "eager" only traces, for smoke tests): best of ``windows`` timed windows, the first
-    ``warmup`` steps (which compile) timed separately as ``warmup_s``."""
-    from experiments.bench_train import best_window_seconds
-    torch = _torch()
-    torch.manual_seed(0)
-    torch.set_num_threads(os.cpu_count() or 1)
-    model = build_model(model_config)
-    # The optimizer step stays eager (foreach kernels) in both modes, the usual torch.compile set-up.
-    step, _ = make_train_step(torch.compile(model, backend=backend) if compile else model)
-    generator = torch.Generator().manual_seed(0)
-    windows_data = [torch.randint(0, model_config.vocab_size, (batch, model_config.n_ctx + 1), generator=generator)
-                    for _ in range(4)]
-    holder = {"i": 0}
+class TorchStepTimer:
+    """The torch reference step with its model and batches, timed in windows of steps (steady state).
 
-    def run_steps(n):
+    Built eagerly or with the forward+backward under torch.compile with ``backend`` ("eager" only traces,
+    for smoke tests); the first ``warmup`` steps, which compile, are timed separately as ``warmup_s``.
+    """
+
+    def __init__(self, model_config, batch: int, compile: bool = False, warmup: int = 2,
+                 backend: str = "inductor"):
+        torch = _torch()
+        torch.manual_seed(0)
+        torch.set_num_threads(os.cpu_count() or 1)
+        self.model = build_model(model_config)
+        # The optimizer step stays eager (foreach kernels) in both modes, the usual torch.compile set-up.
+        self.step, _ = make_train_step(torch.compile(self.model, backend=backend) if compile else self.model)
+        generator = torch.Generator().manual_seed(0)
+        self.batches = [torch.randint(0, model_config.vocab_size, (batch, model_config.n_ctx + 1),
+                                      generator=generator) for _ in range(4)]
+        self.batch, self.n_ctx, self.i, self.loss = batch, model_config.n_ctx, 0, None
+        self.torch_version = torch.__version__
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        start = time.perf_counter()
+        self.steps(warmup)
+        self.warmup_s = time.perf_counter() - start
+
+    def steps(self, n: int) -> None:
+        loss = None
         for _ in range(n):
-            loss = step(windows_data[holder["i"] % len(windows_data)])
-            holder["i"] += 1
-        holder["loss"] = loss.item()  # torch on CPU is synchronous; this only reads the value
+            loss = self.step(self.batches[self.i % len(self.batches)])
+            self.i += 1
+        self.loss = loss.item()  # torch on CPU is synchronous; this only reads the value
 
-    start = time.perf_counter()
-    run_steps(warmup)
-    warmup_s = time.perf_counter() - start
-    step_s = best_window_seconds(run_steps, steps, windows)
-    return {"step_s": step_s, "tokens_per_sec": batch * model_config.n_ctx / step_s, "warmup_s": warmup_s,
-            "loss": holder["loss"], "n_params": sum(p.numel() for p in model.parameters()),
-            "torch_version": torch.__version__}
+    def window(self, n: int) -> float:
+        """Seconds per step over one window of n steps."""
+        start = time.perf_counter()
+        self.steps(n)
+        return (time.perf_counter() - start) / n

@@ -5,7 +5,8 @@ issue names it; large = cpu_25m.gin, 8 x 512, the largest CPU rung), batch 32 x 
 tokens (the data pipeline is benchmarked separately):
   train_<rung>_tokens_per_sec   steady-state tokens/s of scaling.train.trainer's compiled step as every run
                                 executes it by default (K = 4 strided microbatches + the noise-scale
-                                estimator; compile excluded; best of 3 timed windows on a shared machine)
+                                estimator; compile excluded; the best of 3 timed windows, interleaved
+                                round by round with the K = 1 step's and the torch reference's)
   train_<rung>_k1_*             the same for the plain step (K = 1, no estimator): the torch step's algorithm
   train_<rung>_mfu              model FLOPs/token (models.accounting.mfu_flops_per_token: every matmul,
                                 i.e. Kaplan 6N + causal attention + the 6·d·V unembedding) x tokens/s
@@ -82,20 +83,6 @@ def bench_devices():
     return devices[:1] if devices[0].platform == "cpu" else devices
 
 
-def best_window_seconds(run_steps, steps: int, windows: int = WINDOWS) -> float:
-    """Seconds per step: the best of ``windows`` timed windows of ``steps`` steps each.
-
-    ``run_steps(n)`` runs n steps and blocks until they are done. The best window is the one least
-    disturbed by other processes on a shared machine (a benchmark measures the code, not the load).
-    """
-    best = float("inf")
-    for _ in range(windows):
-        start = time.perf_counter()
-        run_steps(steps)
-        best = min(best, (time.perf_counter() - start) / steps)
-    return best
-
-
 _COMPILED: dict = {}
 
 
@@ -145,21 +132,28 @@ class StepTimer:
         return (time.perf_counter() - start) / n
 
 
-def time_train_step(model_config, batch: int = BATCH, steps: int = 10, *, microbatches: int = 1,
-                    noise_scale: bool = False, windows: int = WINDOWS) -> dict:
-    """Steady-state seconds per step of the real (sharded, jitted, donated) trainer step."""
-    from models import accounting
+def interleaved_best_seconds(timers: dict, steps: int, rounds: int = WINDOWS) -> dict:
+    """{name: seconds per step}: the best window of each timer over ``rounds`` rounds, where every round
+    runs one window of ``steps`` steps of each timer in turn. Interleaving puts the JAX and torch steps
+    under the same load on a shared machine whose speed drifts over minutes, so their ratio is measured
+    side by side rather than minutes apart."""
+    best = {name: float("inf") for name in timers}
+    for _ in range(rounds):
+        for name, timer in timers.items():
+            best[name] = min(best[name], timer.window(steps))
+    return best
 
-    timer = StepTimer(model_config, batch, microbatches, noise_scale)
-    step_s = best_window_seconds(timer.steps, steps, windows)
+
+def step_figures(timer: StepTimer, step_s: float) -> dict:
+    """tokens/s and the model FLOPs/token (models.accounting) of one timed trainer step."""
+    from models import accounting
     run = timer.run
-    fpt = accounting.mfu_flops_per_token(run.model_config)
-    fpt_kaplan = accounting.flops_per_token(run.model_config, "kaplan", "train", include_context=True).flops
-    loss = float(jax.device_get(timer.metrics["loss"]))
-    return {"step_s": step_s, "tokens_per_sec": batch * model_config.n_ctx / step_s, "flops_per_token": fpt,
-            "flops_per_token_kaplan": fpt_kaplan,
-            "compile_s": timer.compile_s, "n_params_nonembedding": run.n_nonembedding, "loss": loss,
-            "devices": run.mesh.devices.size}
+    return {"step_s": step_s, "tokens_per_sec": timer.batch * timer.n_ctx / step_s,
+            "flops_per_token": accounting.mfu_flops_per_token(run.model_config),
+            "flops_per_token_kaplan": accounting.flops_per_token(run.model_config, "kaplan", "train",
+                                                                 include_context=True).flops,
+            "compile_s": timer.compile_s, "n_params_nonembedding": run.n_nonembedding,
+            "loss": float(jax.device_get(timer.metrics["loss"])), "devices": run.mesh.devices.size}
 
 
 def peak_for_mfu(figures: dict) -> tuple[float, str]:
@@ -201,12 +195,19 @@ def run(figures: dict | None = None, tiny: bool = False, torch_reference: bool =
            "train_mfu_peak_source": peak_source,
            "torch_reference": f"unavailable: {torch_missing}" if torch_missing else "measured"}
     for rung, model_config in rung_configs(tiny).items():
-        steps, windows = (2, 1) if tiny else (STEPS[rung], WINDOWS)
+        steps, rounds = (2, 1) if tiny else (STEPS[rung], WINDOWS)
         out[f"train_{rung}_shape"] = f"{model_config.n_layer}x{model_config.d_model} n_ctx {model_config.n_ctx}"
-        # The trainer's default step (K microbatches + the noise-scale estimator), and the plain one.
-        for suffix, k, noise in (("", DEFAULT_MICROBATCHES, True), ("_k1", 1, False)):
-            result = time_train_step(model_config, batch=batch, steps=steps, microbatches=k, noise_scale=noise,
-                                     windows=windows)
+        # The trainer's default step (K microbatches + the noise-scale estimator), the plain one, and the
+        # torch reference in this same process (each one's threads idle while another runs).
+        timers = {"": StepTimer(model_config, batch, DEFAULT_MICROBATCHES, True),
+                  "_k1": StepTimer(model_config, batch, 1, False)}
+        if torch_reference:
+            for mode in ("eager", "compile"):
+                timers[mode] = bench_torch.TorchStepTimer(model_config, batch, compile=mode == "compile",
+                                                          backend="eager" if tiny else "inductor")
+        best = interleaved_best_seconds(timers, steps, rounds)
+        for suffix in ("", "_k1"):
+            result = step_figures(timers[suffix], best[suffix])
             rate = result["tokens_per_sec"]
             out[f"train_{rung}{suffix}_tokens_per_sec"] = rate
             out[f"train_{rung}{suffix}_step_ms"] = 1e3 * result["step_s"]
@@ -222,17 +223,14 @@ def run(figures: dict | None = None, tiny: bool = False, torch_reference: bool =
             print(f"  [{rung}{suffix or ' default'}] {rate:,.0f} tokens/s, MFU {out[f'train_{rung}{suffix}_mfu']:.3f}",
                   flush=True)
         out[f"train_{rung}_n_params_nonembedding"] = result["n_params_nonembedding"]
-        if not torch_reference:
-            continue
-        # The reference runs in this same process invocation, after the JAX steps (whose threads are idle).
-        for mode in ("eager", "compile"):
-            ref = bench_torch.time_torch_train_step(model_config, batch=batch, steps=steps,
-                                                    compile=mode == "compile", windows=windows,
-                                                    backend="eager" if tiny else "inductor")
-            out[f"torch_{mode}_{rung}_tokens_per_sec"] = ref["tokens_per_sec"]
-            out[f"torch_{mode}_{rung}_warmup_s"] = ref["warmup_s"]
-            out[f"speedup_vs_torch_{mode}_{rung}"] = out[f"train_{rung}_tokens_per_sec"] / ref["tokens_per_sec"]
-            out[f"speedup_k1_vs_torch_{mode}_{rung}"] = out[f"train_{rung}_k1_tokens_per_sec"] / ref["tokens_per_sec"]
-            out["torch_version"] = ref["torch_version"]
-            print(f"  [{rung} torch {mode}] {ref['tokens_per_sec']:,.0f} tokens/s", flush=True)
+        for mode in ("eager", "compile") if torch_reference else ():
+            ref = timers[mode]
+            rate = batch * model_config.n_ctx / best[mode]
+            out[f"torch_{mode}_{rung}_tokens_per_sec"] = rate
+            out[f"torch_{mode}_{rung}_warmup_s"] = ref.warmup_s
+            out[f"speedup_vs_torch_{mode}_{rung}"] = out[f"train_{rung}_tokens_per_sec"] / rate
+            out[f"speedup_k1_vs_torch_{mode}_{rung}"] = out[f"train_{rung}_k1_tokens_per_sec"] / rate
+            out["torch_version"] = ref.torch_version
+            print(f"  [{rung} torch {mode}] {rate:,.0f} tokens/s", flush=True)
+        del timers
     return out
