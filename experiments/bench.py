@@ -1,4 +1,4 @@
-"""Benchmarks: `python -m experiments.bench [all|matmul|train|noise|data|fit|compile ...] [--out=FILE.json]`.
+"""Benchmarks: `python -m experiments.bench [all|matmul|train|noise|data|fit|compile|memory ...] [--out=FILE.json]`.
 
 Each section lives in its own module `experiments/bench_<section>.py` exposing
 ``run(previous: dict, tiny: bool) -> dict`` that returns a flat dict of named figures (ratios are
@@ -28,7 +28,7 @@ from absl import app, flags  # noqa: E402
 
 from scaling import fileio  # noqa: E402
 
-SECTIONS = ("matmul", "train", "noise", "data", "fit", "compile")
+SECTIONS = ("matmul", "train", "noise", "data", "fit", "compile", "memory")
 RUNGS = ("small", "mid", "large")
 # The issue's named figures; a full run writes every one of them (the smoke test checks it).
 REQUIRED_KEYS = {
@@ -41,6 +41,7 @@ REQUIRED_KEYS = {
     "data": ["loader_over_consumption"],
     "fit": ["fit_bootstrap_s"],
     "compile": ["compile_scan_6_s", "compile_scan_24_s", "compile_unrolled_6_s", "compile_unrolled_24_s"],
+    "memory": ["memory_loss_whole_temp_bytes", "memory_loss_chunked_temp_bytes", "memory_loss_chunked_over_whole"],
 }
 
 FLAGS_OUT = flags.DEFINE_string("out", "runs/bench.json", "Where to write the flat JSON object of figures.")
@@ -70,6 +71,8 @@ def _fmt(value, kind: str = "") -> str:
         return f"{value:.2f}×"
     if kind == "s":
         return f"{value:.1f} s"
+    if kind == "gb":
+        return f"{value / 1e9:.2f} GB"
     if isinstance(value, float):
         return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
     return str(value)
@@ -118,6 +121,9 @@ def markdown_table(figures: dict) -> str:
         ("compile_scan_24_s", "compile, nn.scan, 24 layers", "s", "≈ flat"),
         ("compile_unrolled_6_s", "compile, unrolled, 6 layers", "s", "–"),
         ("compile_unrolled_24_s", "compile, unrolled, 24 layers", "s", "–"),
+        ("memory_loss_whole_temp_bytes", "step temporaries, whole-sequence loss (6x384, n_ctx 1024, vocab 50,257, "
+         "8 sequences)", "gb", "–"),
+        ("memory_loss_chunked_temp_bytes", "step temporaries, loss in 128-position chunks (same step)", "gb", "–"),
     ]
     rows = [(label, _fmt(figures[key], kind), goal) for key, label, kind, goal in singles if key in figures]
     if rows:

@@ -78,7 +78,7 @@ class LSTM(nn.Module):
     config: LSTMConfig
 
     @nn.compact
-    def __call__(self, tokens):
+    def __call__(self, tokens, features_only: bool = False):
         cfg = self.config
         check_tokens(tokens, cfg.n_ctx)
         embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
@@ -95,11 +95,15 @@ class LSTM(nn.Module):
                          bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes.NORM,)),
                          name="ln_f")(x)
         if cfg.tie_embeddings:
-            logits = embed.attend(x)
+            unembed, unembedding = embed.attend, lambda: embed.embedding
         else:
-            logits = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                              kernel_init=nn.with_logical_partitioning(
-                                  nn.initializers.normal(stddev=cfg.init_std), (axes.EMBED, axes.VOCAB)),
-                              name="unembed")(x)
+            dense = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                             kernel_init=nn.with_logical_partitioning(
+                                 nn.initializers.normal(stddev=cfg.init_std), (axes.EMBED, axes.VOCAB)),
+                             name="unembed")
+            unembed, unembedding = dense, lambda: self.variables["params"]["unembed"]["kernel"].T
+        if features_only:  # the call interface of models/transformer.py
+            return x, unembedding().astype(cfg.dtype)
+        logits = unembed(x)
         logits = logits.astype(jnp.float32)
         return nn.with_logical_constraint(logits, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_VOCAB))

@@ -45,7 +45,7 @@ class RecurrentTransformer(nn.Module):
     config: RecurrentTransformerConfig
 
     @nn.compact
-    def __call__(self, tokens):
+    def __call__(self, tokens, features_only: bool = False):
         cfg = self.config
         check_tokens(tokens, cfg.n_ctx)
         embedder = Embedder(cfg, name="embedder")
@@ -62,4 +62,6 @@ class RecurrentTransformer(nn.Module):
                 x, _ = stack(x, None)
         x = nn.with_logical_constraint(x, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
         x = layer_norm(cfg, "ln_f")(x)
+        if features_only:  # the call interface of models/transformer.py
+            return x, embedder.unembedding_matrix()
         return embedder.unembed(x)

@@ -58,6 +58,9 @@ class TrainConfig:
     adafactor_min_dim_to_factor: int = 128  # factor the second moment of matrices with both dims >= this
     microbatches: int = 4           # K: the batch is split (strided) into K microbatches whose
                                     # gradients are accumulated; K >= 2 feeds the noise-scale estimator
+    loss_chunk_length: int = 0      # > 0: the cross-entropy scans over slices of this many positions and
+                                    # never holds the full [batch, n_ctx, vocab] logits (must divide n_ctx;
+                                    # scaling/train/losses.py); 0: the whole-sequence loss
 
     # Gradient noise scale (design/noise-scale.md): raw sums every step, B_simple from per-token EMAs.
     noise_scale: bool = True        # log gns_s_small/gns_s_big and the smoothed b_simple (needs K >= 2)
@@ -108,6 +111,9 @@ class TrainConfig:
         if self.batch_size % self.microbatches:
             raise ValueError(f"TrainConfig.batch_size={self.batch_size} is not divisible by "
                              f"TrainConfig.microbatches={self.microbatches}")
+        if not isinstance(self.loss_chunk_length, int) or self.loss_chunk_length < 0:
+            raise ValueError(f"TrainConfig.loss_chunk_length must be an int >= 0 (0 = whole-sequence loss), "
+                             f"got {self.loss_chunk_length!r}")
         if self.noise_scale:
             from scaling.noise import estimator
             estimator.check_gradient_samples(self.microbatches)
@@ -142,10 +148,13 @@ class TrainConfig:
 # topology), the non-finite policy, and num_steps -- so a finished run can be continued longer (note
 # that the cosine/wsd schedule and a warmup_steps=None default are functions of num_steps, so the
 # LR from the resume point on follows the new length; that is what "continue longer" means here).
+# loss_chunk_length and model.attention_impl only change how the same loss is computed (equal up to
+# float rounding: how much of the logits is held at once, which attention kernel), like the mesh.
 # DataConfig knobs that do not change the data (workers, prefetch, where caches live) likewise.
 FINGERPRINT_EXCLUDED = frozenset({
     "num_steps", "progress_bar", "log_every", "eval_every", "eval_batch_size", "eval_max_windows",
     "checkpoint_every", "keep_checkpoints", "async_checkpointing", "mesh", "nonfinite", "max_skipped_steps",
+    "loss_chunk_length", "model.attention_impl",
     "data.num_workers", "data.prefetch", "data.cache_dir", "data.tfds_data_dir",
 })
 # Changes that make the saved state unusable (shapes/structure of params or optimizer state): refused

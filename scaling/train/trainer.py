@@ -37,7 +37,7 @@ from models import accounting
 from scaling import configurables, fileio
 from scaling.noise import estimator as noise_estimator, smoothing as noise_smoothing
 from scaling.train import checkpointing, distributed, metrics as metrics_lib, mfu as mfu_lib, optimizers, partitioning
-from scaling.train import eval as eval_lib
+from scaling.train import eval as eval_lib, losses
 from scaling.train import config as config_lib
 from scaling.train.config import TrainConfig
 
@@ -60,12 +60,25 @@ class NonFiniteLossError(FloatingPointError):
 
 # --- the step ------------------------------------------------------------------------------------
 
-def cross_entropy(logits, targets):
-    """Mean next-token cross-entropy in nats (float32 whatever the compute dtype)."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets).mean()
+def make_loss_fn(apply_fn: Callable, loss_chunk_length: int = 0) -> Callable:
+    """(params, windows [B, n_ctx+1]) -> mean next-token cross-entropy (float32 nats).
+
+    ``loss_chunk_length`` > 0 forms the logits slice by slice from the model's features and
+    unembedding matrix (losses.chunked_cross_entropy) instead of all at once.
+    """
+
+    def loss_fn(params, windows):
+        inputs, targets = windows[:, :-1], windows[:, 1:]
+        if loss_chunk_length:
+            features, unembedding = apply_fn(params, inputs, features_only=True)
+            return losses.chunked_cross_entropy(features, unembedding, targets, loss_chunk_length)
+        return losses.cross_entropy(apply_fn(params, inputs), targets)
+
+    return loss_fn
 
 
-def make_grad_fn(apply_fn: Callable, microbatches: int, noise_scale: bool = True) -> Callable:
+def make_grad_fn(apply_fn: Callable, microbatches: int, noise_scale: bool = True,
+                 loss_chunk_length: int = 0) -> Callable:
     """(params, windows [B, n_ctx+1]) -> (mean loss, mean gradient, noise-scale sums).
 
     With K = microbatches > 1 the batch is split strided into K microbatches whose mean-loss
@@ -74,11 +87,7 @@ def make_grad_fn(apply_fn: Callable, microbatches: int, noise_scale: bool = True
     S_small = mean_k |g_k|² (b = B/K sequences) and S_big = |mean_k g_k|² (B sequences), taken
     before clipping (design/noise-scale.md §1.3a).
     """
-
-    def loss_fn(params, windows):
-        logits = apply_fn(params, windows[:, :-1])
-        return cross_entropy(logits, windows[:, 1:])
-
+    loss_fn = make_loss_fn(apply_fn, loss_chunk_length)
     run = noise_estimator.microbatch_value_and_grad(jax.value_and_grad(loss_fn), microbatches, noise_scale)
 
     def grads(params, windows):
@@ -89,14 +98,15 @@ def make_grad_fn(apply_fn: Callable, microbatches: int, noise_scale: bool = True
 
 
 def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, schedule: Callable,
-                    microbatches: int, noise_scale: bool = True, skip_nonfinite: bool = False) -> Callable:
+                    microbatches: int, noise_scale: bool = True, skip_nonfinite: bool = False,
+                    loss_chunk_length: int = 0) -> Callable:
     """state, windows -> new state, metrics. state = {step, params, opt_state, rng}.
 
     ``skip_nonfinite`` (TrainConfig.nonfinite='skip'): if the loss or gradient norm is NaN/Inf the
     params and optimizer state are kept as they were (only the step counter advances, so the data
     position stays in step); metrics["skipped"] is 1 for such a step.
     """
-    grads_fn = make_grad_fn(apply_fn, microbatches, noise_scale)
+    grads_fn = make_grad_fn(apply_fn, microbatches, noise_scale, loss_chunk_length)
 
     def train_step(state, windows):
         loss, grads, extra = grads_fn(state["params"], windows)
@@ -176,6 +186,8 @@ def setup(config: TrainConfig, *, data=None, devices: Sequence[jax.Device] | Non
                                        what="TrainConfig.eval_batch_size")
 
     n_ctx = config.model.n_ctx
+    if config.loss_chunk_length:
+        losses.check_chunk_length(config.loss_chunk_length, n_ctx)
     if data is None:
         data = build_data(config, n_ctx)
     model_config = dataclasses.replace(config.model, vocab_size=int(data.vocab_size))
@@ -228,14 +240,14 @@ def compile_steps(run: Run, with_eval: bool = True):
     config = run.config
     n_ctx = run.model_config.n_ctx
 
-    def apply_fn(params, inputs):
-        return run.model.apply({"params": params}, inputs)
+    def apply_fn(params, inputs, **kwargs):
+        return run.model.apply({"params": params}, inputs, **kwargs)
 
     replicated = NamedSharding(run.mesh, P())
     rows_sharding = NamedSharding(run.mesh, P(run.batch_sharding.spec[0]))
     train_step = jax.jit(
         make_train_step(apply_fn, run.tx, run.schedule, config.microbatches, config.noise_scale,
-                        skip_nonfinite=config.nonfinite == "skip"),
+                        skip_nonfinite=config.nonfinite == "skip", loss_chunk_length=config.loss_chunk_length),
         in_shardings=(run.state_shardings, run.batch_sharding),
         out_shardings=(run.state_shardings, replicated),
         donate_argnums=0)

@@ -100,6 +100,16 @@ def test_markdown_table_states_goals_and_missing_figures():
     assert "| small |" not in table
 
 
+def test_memory_section_compares_the_chunked_and_whole_loss_of_the_same_step():
+    from experiments import bench_memory
+    figures = bench_memory.run(tiny=True)
+    for key in bench.REQUIRED_KEYS["memory"]:
+        assert isinstance(figures[key], (int, float)) and figures[key] > 0, key
+    assert figures["memory_loss_chunked_over_whole"] == pytest.approx(
+        figures["memory_loss_chunked_temp_bytes"] / figures["memory_loss_whole_temp_bytes"])
+    assert "GB" in bench.markdown_table(figures)
+
+
 def test_bench_rejects_an_unknown_section(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "experiments.bench", "gpu", f"--out={out}"], cwd=ROOT,

@@ -15,6 +15,7 @@ TINY = dict(vocab_size=97, n_ctx=16, n_layer=2, d_model=32, d_ff=64, d_attn=32, 
 FAMILIES = {
     "transformer": TransformerConfig(**TINY),
     "transformer_scan_remat": TransformerConfig(**TINY, scan_layers=True, remat_policy="full"),
+    "transformer_heads_major": TransformerConfig(**TINY, attention_impl="heads_major"),
     "recurrent": RecurrentTransformerConfig(**{**TINY, "n_layer": 1}, n_recurrence=3),
     "recurrent_scan": RecurrentTransformerConfig(**{**TINY, "n_layer": 1}, n_recurrence=3, scan_layers=True),
     "lstm": LSTMConfig(vocab_size=97, n_ctx=16, n_layer=2, d_model=32),
@@ -105,8 +106,27 @@ def test_bad_config_is_a_clear_error():
         TransformerConfig(**{**TINY, "n_heads": 5})
     with pytest.raises(ValueError, match="remat_policy"):
         TransformerConfig(**TINY, remat_policy="sometimes")
+    with pytest.raises(ValueError, match="attention_impl"):
+        TransformerConfig(**TINY, attention_impl="flash")
     with pytest.raises(TypeError, match="unknown model config"):
         build_model(object())
+
+
+@pytest.mark.parametrize("dtype, tol", [("float32", 2e-5), ("bfloat16", 3e-2)])
+def test_heads_major_attention_equals_jax_dot_product_attention(dtype, tol):
+    # Same loss and gradients as jax.nn.dot_product_attention (the default implementation), so the
+    # CPU ladder's faster attention is the same model.
+    model, params, tokens = init(TransformerConfig(**TINY, dtype=dtype))
+    heads_major = build_model(TransformerConfig(**TINY, dtype=dtype, attention_impl="heads_major"))
+
+    def loss(p, m):
+        logits = m.apply(p, tokens[:, :-1])
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], -1))
+
+    (l_ref, g_ref), (l_hm, g_hm) = (jax.value_and_grad(loss)(params, m) for m in (model, heads_major))
+    assert float(l_hm) == pytest.approx(float(l_ref), rel=tol)
+    for a, b in zip(jax.tree.leaves(g_hm), jax.tree.leaves(g_ref)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=tol * float(jnp.max(jnp.abs(b))))
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits():
