@@ -129,6 +129,19 @@ def test_heads_major_attention_equals_jax_dot_product_attention(dtype, tol):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=tol * float(jnp.max(jnp.abs(b))))
 
 
+@pytest.mark.parametrize("length, query_block", [(12, 4), (10, 4), (8, 64)])
+def test_heads_major_query_blocks_skip_only_masked_work(length, query_block):
+    # Query blocks (the last one partial when length % query_block != 0) see only the keys up to their
+    # own end: outputs and gradients equal full causal attention.
+    from models.transformer import heads_major_attention
+    q, k, v, w = (jax.random.normal(jax.random.key(i), (2, length, 3, 8)) for i in range(4))
+    ref = lambda q, k, v: jnp.sum(w * jax.nn.dot_product_attention(q, k, v, is_causal=True))  # noqa: E731
+    ours = lambda q, k, v: jnp.sum(w * heads_major_attention(q, k, v, query_block=query_block))  # noqa: E731
+    for a, b in zip(jax.grad(ours, argnums=(0, 1, 2))(q, k, v), jax.grad(ref, argnums=(0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(float(ours(q, k, v)), float(ref(q, k, v)), rtol=1e-5)
+
+
 def test_bfloat16_compute_keeps_float32_params_and_logits():
     cfg = TransformerConfig(**TINY, dtype="bfloat16")
     model, params, tokens = init(cfg)
