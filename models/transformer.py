@@ -18,6 +18,8 @@ logits itself in slices (scaling.train.losses.chunked_cross_entropy).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 
 import flax.linen as nn
 import jax
@@ -93,15 +95,78 @@ def _zeros(logical_axes):
     return nn.with_logical_partitioning(nn.initializers.zeros_init(), logical_axes)
 
 
-def layer_norm(config: TransformerConfig, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(
-        epsilon=config.layer_norm_epsilon,
-        dtype=config.dtype,
-        param_dtype=config.param_dtype,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (axes.NORM,)),
-        bias_init=_zeros((axes.NORM,)),
-        name=name,
-    )
+# --- LayerNorm and GELU with hand-written backward passes -----------------------------------------
+# Same functions and parameters as nn.LayerNorm and nn.gelu(approximate=True); their backward passes are
+# written out so that each keeps one tensor for the backward (LayerNorm x̂, GELU its input) and
+# computes the gradient in one fused pass. Autodiff of the library versions keeps more intermediates;
+# together the two make the mid CPU rung's step 2.2-2.8 % faster (four A/B runs; large and small: within noise).
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def normalize(x, epsilon: float):
+    """(x - mean) / sqrt(var + epsilon) over the last axis, statistics in float32, in x's dtype."""
+    return _normalize_fwd(x, epsilon)[0]
+
+
+def _normalize_fwd(x, epsilon):
+    x32 = x.astype(jnp.float32)
+    centered = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+    inv_std = jax.lax.rsqrt(jnp.mean(centered * centered, axis=-1, keepdims=True) + epsilon)
+    x_hat = centered * inv_std
+    return x_hat.astype(x.dtype), (x_hat, inv_std)
+
+
+def _normalize_bwd(epsilon, residuals, grad):
+    x_hat, inv_std = residuals
+    g = grad.astype(jnp.float32)
+    # d x̂ / d x applied to g: (g - mean(g) - x̂ · mean(g · x̂)) / std.
+    dx = inv_std * (g - jnp.mean(g, axis=-1, keepdims=True) - x_hat * jnp.mean(g * x_hat, axis=-1, keepdims=True))
+    return (dx.astype(grad.dtype),)
+
+
+normalize.defvjp(_normalize_fwd, _normalize_bwd)
+
+_GELU_C = (2 / math.pi) ** 0.5
+
+
+@jax.custom_vjp
+def gelu_tanh(x):
+    """GPT-2's tanh approximation of GELU: x/2 · (1 + tanh(√(2/π) (x + 0.044715 x³)))."""
+    return 0.5 * x * (1 + jnp.tanh(_GELU_C * (x + 0.044715 * x ** 3)))
+
+
+def _gelu_fwd(x):
+    return gelu_tanh(x), x   # the backward recomputes tanh from x
+
+
+def _gelu_bwd(x, grad):
+    t = jnp.tanh(_GELU_C * (x + 0.044715 * x ** 3))
+    dt_dx = (1 - t * t) * _GELU_C * (1 + 3 * 0.044715 * x ** 2)
+    return (grad * (0.5 * (1 + t) + 0.5 * x * dt_dx),)
+
+
+gelu_tanh.defvjp(_gelu_fwd, _gelu_bwd)
+
+
+class LayerNorm(nn.Module):
+    """nn.LayerNorm's function and parameters (scale, bias over the last axis), via ``normalize``."""
+
+    epsilon: float = 1e-5
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x):
+        features = x.shape[-1]
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), (axes.NORM,)),
+                           (features,), self.param_dtype)
+        bias = self.param("bias", _zeros((axes.NORM,)), (features,), self.param_dtype)
+        y = normalize(x.astype(self.dtype), self.epsilon)
+        return y * scale.astype(self.dtype) + bias.astype(self.dtype)
+
+
+def layer_norm(config: TransformerConfig, name: str) -> LayerNorm:
+    return LayerNorm(epsilon=config.layer_norm_epsilon, dtype=config.dtype, param_dtype=config.param_dtype,
+                     name=name)
 
 
 class Projection(nn.Module):
@@ -196,7 +261,7 @@ class MLP(nn.Module):
                      kernel_init=_dense_init(cfg, (axes.EMBED, axes.MLP)),
                      bias_init=_zeros((axes.MLP,)), name="wi")(x)
         h = nn.with_logical_constraint(h, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_MLP))
-        h = nn.gelu(h, approximate=True)  # GPT-2's tanh GELU
+        h = gelu_tanh(h)  # GPT-2's tanh GELU
         y = nn.Dense(cfg.d_model, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                      kernel_init=_dense_init(cfg, (axes.MLP, axes.EMBED), std=out_std),
                      bias_init=_zeros((axes.EMBED,)), name="wo")(h)

@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import flax.linen as nn
 from flax.core import meta
 
 from models import build_model
@@ -140,6 +141,24 @@ def test_heads_major_query_blocks_skip_only_masked_work(length, query_block):
     for a, b in zip(jax.grad(ours, argnums=(0, 1, 2))(q, k, v), jax.grad(ref, argnums=(0, 1, 2))(q, k, v)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(float(ours(q, k, v)), float(ref(q, k, v)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype, tol", [("float32", 1e-5), ("bfloat16", 2e-2)])
+def test_hand_written_layer_norm_and_gelu_equal_flax_in_value_and_gradient(dtype, tol):
+    from models.transformer import LayerNorm, gelu_tanh
+    x = (3 * jax.random.normal(jax.random.key(0), (4, 16, 32)) + 1).astype(dtype)
+    w = jax.random.normal(jax.random.key(1), (4, 16, 32))
+    ours, ref = LayerNorm(1e-5, dtype=dtype), nn.LayerNorm(1e-5, dtype=dtype)
+    params = jax.tree.map(lambda a: a + jax.random.normal(jax.random.key(2), a.shape), ref.init(jax.random.key(3), x))
+    assert jax.tree.structure(meta.unbox(ours.init(jax.random.key(3), x))) == jax.tree.structure(params)
+    for f_ours, f_ref, args in (
+            (lambda p, x: jnp.sum(w * ours.apply(p, x)), lambda p, x: jnp.sum(w * ref.apply(p, x)), (params, x)),
+            (lambda x: jnp.sum(w * gelu_tanh(x)), lambda x: jnp.sum(w * nn.gelu(x, approximate=True)), (x,))):
+        argnums = tuple(range(len(args)))
+        for a, b in zip(jax.tree.leaves(jax.grad(f_ours, argnums)(*args)), jax.tree.leaves(jax.grad(f_ref, argnums)(*args))):
+            scale = float(jnp.max(jnp.abs(b.astype(jnp.float32))))
+            np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=tol * scale, rtol=0)
+        assert float(f_ours(*args)) == pytest.approx(float(f_ref(*args)), rel=tol, abs=tol)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits():
