@@ -6,7 +6,7 @@ STAMP := $(VENV)/.requirements-installed
 ROOT ?= runs/reproduce
 BENCH_OUT ?= runs/bench.json
 
-.PHONY: venv test reproduce bench smoke clean-venv
+.PHONY: venv test reproduce bench gpu-wheels smoke clean-venv
 
 venv: $(STAMP)
 
@@ -31,6 +31,10 @@ $(BENCH_STAMP): requirements-bench.txt $(STAMP)
 # Writes $(BENCH_OUT) (flat JSON) and the markdown table beside it (.md); README "Benchmarks".
 bench: $(BENCH_STAMP)
 	$(VPY) -m experiments.bench all --out=$(BENCH_OUT)
+
+# The wheels experiments/gpu_check.sh installs on a GPU machine whose Python lacks them (README "Benchmarks").
+gpu-wheels: $(STAMP)
+	$(VPY) -m pip download --quiet --no-deps --only-binary=:all: -d .whl gin-config==0.5.0
 
 smoke: $(STAMP)
 	$(VPY) -m experiments.train --gin_file=gin/smoke.gin --workdir=runs/smoke

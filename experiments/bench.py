@@ -1,4 +1,4 @@
-"""Benchmarks: `python -m experiments.bench [all|matmul|train|noise|data|fit|compile|memory ...] [--out=FILE.json]`.
+"""Benchmarks: `python -m experiments.bench [all|matmul|train|noise|data|fit|compile|memory|gpu ...] [--out=FILE.json]`.
 
 Each section lives in its own module `experiments/bench_<section>.py` exposing
 ``run(previous: dict, tiny: bool) -> dict`` that returns a flat dict of named figures (ratios are
@@ -28,7 +28,7 @@ from absl import app, flags  # noqa: E402
 
 from scaling import fileio  # noqa: E402
 
-SECTIONS = ("matmul", "train", "noise", "data", "fit", "compile", "memory")
+SECTIONS = ("matmul", "train", "noise", "data", "fit", "compile", "memory", "gpu")
 RUNGS = ("small", "mid", "large")
 # The issue's named figures; a full run writes every one of them (the smoke test checks it).
 REQUIRED_KEYS = {
@@ -42,7 +42,11 @@ REQUIRED_KEYS = {
     "fit": ["fit_bootstrap_s"],
     "compile": ["compile_scan_6_s", "compile_scan_24_s", "compile_unrolled_6_s", "compile_unrolled_24_s"],
     "memory": ["memory_loss_whole_temp_bytes", "memory_loss_chunked_temp_bytes", "memory_loss_chunked_over_whole"],
+    # On an accelerator (or with --tiny); on a CPU-only machine the section writes gpu_skipped instead.
+    "gpu": [f"gpu_gpt2_small{v}_{f}" for v in ("", "_k1") for f in ("tokens_per_sec", "mfu", "compile_s")],
 }
+GPU_VARIANTS = (("", "default step (K=4 + estimator), scanned layers"), ("_k1", "K=1 step"),
+                ("_unrolled", "default step, unrolled layers"), ("_remat", "default step, remat (dots saved)"))
 
 FLAGS_OUT = flags.DEFINE_string("out", "runs/bench.json", "Where to write the flat JSON object of figures.")
 FLAGS_TINY = flags.DEFINE_bool("tiny", False, "Smoke-test sizes (seconds; the figures are meaningless).")
@@ -105,6 +109,8 @@ def markdown_table(figures: dict) -> str:
                 _fmt(get(f"speedup_vs_torch_eager_{rung}"), "x"),
                 _fmt(get(f"speedup_vs_torch_compile_{rung}"), "x")]) + " |")
         lines.append("")
+    if any(k.startswith("gpu_gpt2_small") for k in figures) or "gpu_skipped" in figures:
+        lines += gpu_table(figures)
     singles = [
         ("matmul_peak_flops", "matmul peak (float32 FLOP/s)", "", "–"),
         ("matmul_peak_flops_bfloat16", "matmul peak (bfloat16 FLOP/s)", "", "–"),
@@ -130,6 +136,28 @@ def markdown_table(figures: dict) -> str:
         lines += ["| figure | value | goal |", "|---|---:|---|"]
         lines += [f"| {label} | {value} | {goal} |" for label, value, goal in rows]
     return "\n".join(lines) + "\n"
+
+
+def gpu_table(figures: dict) -> list[str]:
+    """The accelerator section's lines: device, the GPT-2-small variants' rows (or why they are missing)."""
+    get = figures.get
+    if "gpu_skipped" in figures:
+        return [f"GPU section: skipped ({figures['gpu_skipped']}).", ""]
+    lines = [f"GPU: {get('gpu_devices', '?')} x {get('gpu_device', '?')}, jax {get('gpu_jax_version', '?')}; "
+             f"GPT-2-small {get('gpu_gpt2_small_shape', '?')}, {get('gpu_batch_sequences', '?')} sequences per "
+             f"step, {get('gpu_dtype', '?')}, attention {get('gpu_attention_impl', '?')}; MFU against "
+             f"{get('gpu_peak_source', '?')} and against the measured bf16 matmul peak "
+             f"({_fmt(get('gpu_matmul_peak_flops_bfloat16'))} FLOP/s).", "",
+             "| GPT-2-small step | tokens/s | MFU (goal ≥ 50%) | MFU vs measured matmul peak | compile |",
+             "|---|---:|---:|---:|---:|"]
+    for suffix, label in GPU_VARIANTS:
+        name = f"gpu_gpt2_small{suffix}"
+        if f"{name}_error" in figures:
+            lines.append(f"| {label} | failed: {figures[name + '_error']} | | | |")
+        elif f"{name}_tokens_per_sec" in figures:
+            lines.append(f"| {label} | {_fmt(get(name + '_tokens_per_sec'))} | {_fmt(get(name + '_mfu'), 'pct')} "
+                         f"| {_fmt(get(name + '_mfu_vs_measured_peak'), 'pct')} | {_fmt(get(name + '_compile_s'), 's')} |")
+    return lines + [""]
 
 
 def run_sections(names, tiny: bool = False) -> dict:

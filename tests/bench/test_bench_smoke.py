@@ -112,7 +112,7 @@ def test_memory_section_compares_the_chunked_and_whole_loss_of_the_same_step():
 
 def test_bench_rejects_an_unknown_section(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "experiments.bench", "gpu", f"--out={out}"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "experiments.bench", "tpu_pod", f"--out={out}"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "unknown section" in proc.stderr
     assert not out.exists()
@@ -130,3 +130,44 @@ def test_bench_without_torch_says_how_to_get_it(monkeypatch):
     assert figures["torch_reference"].startswith("unavailable") and "requirements-bench.txt" in figures["torch_reference"]
     assert not any(k.startswith(("torch_eager", "torch_compile", "speedup_vs_torch")) for k in figures)
     assert all(figures[f"train_{rung}_tokens_per_sec"] > 0 for rung in bench.RUNGS)
+
+
+def test_gpu_section_runs_the_trainer_step_in_bfloat16_and_takes_mfu_from_accounting(monkeypatch):
+    """The accelerator section at tiny size on CPU: the same code path (trainer step, bf16 compute, scanned
+    layers), its figures named as REQUIRED_KEYS says, MFU from models.accounting and the peak it reports."""
+    from experiments import bench_gpu
+    calls = []
+    real = accounting.mfu_flops_per_token
+
+    def counting(config):
+        calls.append(config)
+        return real(config)
+
+    monkeypatch.setattr(accounting, "mfu_flops_per_token", counting)
+    figures = bench_gpu.run({"matmul_peak_flops": 1e11}, tiny=True)
+    for key in bench.REQUIRED_KEYS["gpu"]:
+        assert isinstance(figures[key], (int, float)) and math.isfinite(figures[key]) and figures[key] > 0, key
+    assert calls and all(c.dtype == "bfloat16" and c.scan_layers for c in calls)
+    for suffix in ("", "_k1"):
+        rate = figures[f"gpu_gpt2_small{suffix}_tokens_per_sec"]
+        assert figures[f"gpu_gpt2_small{suffix}_mfu"] == pytest.approx(real(calls[0]) * rate / 1e11)
+        assert figures[f"gpu_gpt2_small{suffix}_mfu_vs_measured_peak"] == pytest.approx(
+            real(calls[0]) * rate / figures["gpu_matmul_peak_flops_bfloat16"])
+    assert figures["gpu_gpt2_small_n_params_nonembedding"] == accounting.nonembedding_params(calls[0])
+    table = bench.markdown_table({**figures, "gpu_gpt2_small_unrolled_error": "XlaRuntimeError: out of memory"})
+    assert "| K=1 step |" in table and "failed: XlaRuntimeError: out of memory" in table
+
+
+def test_gpu_section_without_an_accelerator_says_how_to_run_it():
+    from experiments import bench_gpu
+    figures = bench_gpu.run({}, tiny=False)
+    assert set(figures) == {"gpu_skipped"} and "gpu_check.sh" in figures["gpu_skipped"]
+    assert "GPU section: skipped" in bench.markdown_table(figures)
+
+
+def test_gpu_config_is_gpt2_small_from_the_paper_gin():
+    from experiments import bench_gpu
+    config, impl, _ = bench_gpu.base_model_config(tiny=False)
+    assert (config.n_layer, config.d_model, config.n_heads, config.n_ctx, config.vocab_size) == (12, 768, 12, 1024, 50257)
+    assert (config.dtype, config.param_dtype, config.remat_policy) == ("bfloat16", "float32", "none")
+    assert impl == "xla" and config.attention_impl == "xla"   # cuDNN attention only on a GPU
