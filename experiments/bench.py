@@ -82,6 +82,13 @@ def _fmt(value, kind: str = "") -> str:
     return str(value)
 
 
+def _rounds(figures: dict, key: str) -> str:
+    if f"{key}_rounds_median" not in figures:
+        return "–"
+    return (f"{figures[key + '_rounds_median']:.2f}× ({figures[key + '_rounds_min']:.2f}–"
+            f"{figures[key + '_rounds_max']:.2f})")
+
+
 def markdown_table(figures: dict) -> str:
     """The README table: machine line, one row per train rung, then the single figures with their goals."""
     get = figures.get
@@ -96,8 +103,9 @@ def markdown_table(figures: dict) -> str:
     lines.append("")
     if any(k.startswith("train_") for k in figures):
         lines += ["| rung | shape | JAX tokens/s (K=4 + estimator) | MFU | JAX tokens/s (K=1) | MFU (K=1) | compile "
-                  "| torch eager tokens/s | torch.compile tokens/s | vs eager | vs compile |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| torch eager tokens/s | torch.compile tokens/s | vs eager | vs compile "
+                  "| vs faster, per round: median (min–max) |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for rung in RUNGS:
             if f"train_{rung}_tokens_per_sec" not in figures:
                 continue
@@ -107,7 +115,7 @@ def markdown_table(figures: dict) -> str:
                 _fmt(get(f"train_{rung}_k1_mfu"), "pct"), _fmt(get(f"train_{rung}_compile_s"), "s"),
                 _fmt(get(f"torch_eager_{rung}_tokens_per_sec")), _fmt(get(f"torch_compile_{rung}_tokens_per_sec")),
                 _fmt(get(f"speedup_vs_torch_eager_{rung}"), "x"),
-                _fmt(get(f"speedup_vs_torch_compile_{rung}"), "x")]) + " |")
+                _fmt(get(f"speedup_vs_torch_compile_{rung}"), "x"), _rounds(figures, f"speedup_vs_faster_torch_{rung}")]) + " |")
         lines.append("")
     if any(k.startswith("gpu_gpt2_small") for k in figures) or "gpu_skipped" in figures:
         lines += gpu_table(figures)

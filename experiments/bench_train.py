@@ -5,7 +5,7 @@ issue names it; large = cpu_25m.gin, 8 x 512, the largest CPU rung), batch 32 x 
 tokens (the data pipeline is benchmarked separately):
   train_<rung>_tokens_per_sec   steady-state tokens/s of scaling.train.trainer's compiled step as every run
                                 executes it by default (K = 4 strided microbatches + the noise-scale
-                                estimator; compile excluded; the best of 3 timed windows, interleaved
+                                estimator; compile excluded; the best of 5 timed windows, interleaved
                                 round by round with the K = 1 step's and the torch reference's)
   train_<rung>_k1_*             the same for the plain step (K = 1, no estimator): the torch step's algorithm
   train_<rung>_mfu              model FLOPs/token (models.accounting.mfu_flops_per_token: every matmul,
@@ -19,6 +19,9 @@ tokens (the data pipeline is benchmarked separately):
                                 experiments.bench_torch: the same model, batch, sequence and Adam step
   speedup_vs_torch_eager_<rung>, speedup_vs_torch_compile_<rung>   JAX (default step) tokens/s over torch's
   speedup_k1_vs_torch_<mode>_<rung>                                  the same with the plain K = 1 step
+  speedup_vs_torch_<mode>_<rung>_rounds_{median,min,max}   the ratio of each round's windows (paired, the
+                                same minute of the machine's drift): the spread behind the best-window ratio
+  speedup_vs_faster_torch_<rung>[_rounds_*]   the same against the faster of the two references (the goal)
 The torch step is the whole batch at once (PyTorch's usual step). The default JAX step does more work (the
 estimator's norms) on smaller microbatches, whose working sets fit the caches better on CPU;
 experiments/bench_noise.py separates the two effects.
@@ -35,9 +38,9 @@ import numpy as np
 RUNGS = {"small": "gin/models/cpu_55k.gin", "mid": "gin/models/cpu_10m6.gin", "large": "gin/models/cpu_25m.gin"}
 BATCH = 32
 VOCAB = 4096
-STEPS = {"small": 20, "mid": 3, "large": 2}   # steps per timed window (3 windows each)
+STEPS = {"small": 20, "mid": 3, "large": 2}   # steps per timed window (WINDOWS rounds each)
 DEFAULT_MICROBATCHES = 4   # TrainConfig.microbatches' default: the step every training run executes
-WINDOWS = 3
+WINDOWS = 5   # rounds: the best window gives tokens/s; the round-by-round ratios their spread
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -132,16 +135,26 @@ class StepTimer:
         return (time.perf_counter() - start) / n
 
 
-def interleaved_best_seconds(timers: dict, steps: int, rounds: int = WINDOWS) -> dict:
-    """{name: seconds per step}: the best window of each timer over ``rounds`` rounds, where every round
-    runs one window of ``steps`` steps of each timer in turn. Interleaving puts the JAX and torch steps
-    under the same load on a shared machine whose speed drifts over minutes, so their ratio is measured
-    side by side rather than minutes apart."""
-    best = {name: float("inf") for name in timers}
+def interleaved_windows(timers: dict, steps: int, rounds: int = WINDOWS) -> dict:
+    """{name: [seconds per step in round r]}: every round runs one window of ``steps`` steps of each timer
+    in turn. Interleaving puts the JAX and torch steps under the same load on a shared machine whose speed
+    drifts over minutes, so their ratio is measured side by side rather than minutes apart."""
+    windows = {name: [] for name in timers}
     for _ in range(rounds):
         for name, timer in timers.items():
-            best[name] = min(best[name], timer.window(steps))
-    return best
+            windows[name].append(timer.window(steps))
+    return windows
+
+
+def interleaved_best_seconds(timers: dict, steps: int, rounds: int = WINDOWS) -> dict:
+    """{name: seconds per step}: the best window of each timer over interleaved rounds."""
+    return {name: min(w) for name, w in interleaved_windows(timers, steps, rounds).items()}
+
+
+def paired_speedups(windows: dict, fast: str, slow: str) -> list[float]:
+    """Round-by-round speedups of timer ``fast`` over ``slow`` (slow's window time / fast's in the same
+    round): their spread says how far the best-window ratio can be trusted on a noisy machine."""
+    return [s / f for f, s in zip(windows[fast], windows[slow])]
 
 
 def step_figures(timer: StepTimer, step_s: float) -> dict:
@@ -205,7 +218,8 @@ def run(figures: dict | None = None, tiny: bool = False, torch_reference: bool =
             for mode in ("eager", "compile"):
                 timers[mode] = bench_torch.TorchStepTimer(model_config, batch, compile=mode == "compile",
                                                           backend="eager" if tiny else "inductor")
-        best = interleaved_best_seconds(timers, steps, rounds)
+        windows = interleaved_windows(timers, steps, rounds)
+        best = {name: min(w) for name, w in windows.items()}
         for suffix in ("", "_k1"):
             result = step_figures(timers[suffix], best[suffix])
             rate = result["tokens_per_sec"]
@@ -230,7 +244,19 @@ def run(figures: dict | None = None, tiny: bool = False, torch_reference: bool =
             out[f"torch_{mode}_{rung}_warmup_s"] = ref.warmup_s
             out[f"speedup_vs_torch_{mode}_{rung}"] = out[f"train_{rung}_tokens_per_sec"] / rate
             out[f"speedup_k1_vs_torch_{mode}_{rung}"] = out[f"train_{rung}_k1_tokens_per_sec"] / rate
+            paired = paired_speedups(windows, "", mode)
+            out[f"speedup_vs_torch_{mode}_{rung}_rounds_median"] = float(np.median(paired))
+            out[f"speedup_vs_torch_{mode}_{rung}_rounds_min"] = min(paired)
+            out[f"speedup_vs_torch_{mode}_{rung}_rounds_max"] = max(paired)
             out["torch_version"] = ref.torch_version
             print(f"  [{rung} torch {mode}] {rate:,.0f} tokens/s", flush=True)
+        if torch_reference:
+            # The goal's statistic: the default step against the faster of the two references.
+            faster = {"faster": [min(e, c) for e, c in zip(windows["eager"], windows["compile"])], "": windows[""]}
+            paired = paired_speedups(faster, "", "faster")
+            out[f"speedup_vs_faster_torch_{rung}"] = min(best["eager"], best["compile"]) / best[""]
+            out[f"speedup_vs_faster_torch_{rung}_rounds_median"] = float(np.median(paired))
+            out[f"speedup_vs_faster_torch_{rung}_rounds_min"] = min(paired)
+            out[f"speedup_vs_faster_torch_{rung}_rounds_max"] = max(paired)
         del timers
     return out

@@ -53,6 +53,10 @@ def test_bench_writes_every_named_figure(tiny_figures):
             continue
         assert figures[f"speedup_vs_torch_eager_{rung}"] == pytest.approx(
             figures[f"train_{rung}_tokens_per_sec"] / figures[f"torch_eager_{rung}_tokens_per_sec"])
+        assert figures[f"speedup_vs_faster_torch_{rung}"] == pytest.approx(figures[f"train_{rung}_tokens_per_sec"] / max(
+            figures[f"torch_{mode}_{rung}_tokens_per_sec"] for mode in ("eager", "compile")))
+        assert (figures[f"speedup_vs_faster_torch_{rung}_rounds_min"] <= figures[f"speedup_vs_faster_torch_{rung}_rounds_median"]
+                <= figures[f"speedup_vs_faster_torch_{rung}_rounds_max"])
     assert figures["noise_overhead_fraction"] == pytest.approx(
         figures["noise_step_ms_k4_on"] / figures["noise_step_ms_k4_off"] - 1)
     # The flat object is valid strict JSON and the table names every rung.
@@ -171,3 +175,23 @@ def test_gpu_config_is_gpt2_small_from_the_paper_gin():
     assert (config.n_layer, config.d_model, config.n_heads, config.n_ctx, config.vocab_size) == (12, 768, 12, 1024, 50257)
     assert (config.dtype, config.param_dtype, config.remat_policy) == ("bfloat16", "float32", "none")
     assert impl == "xla" and config.attention_impl == "xla"   # cuDNN attention only on a GPU
+
+
+def test_interleaved_rounds_pair_each_round_and_keep_the_best_window():
+    class FakeTimer:
+        def __init__(self, seconds, log, name):
+            self.seconds, self.log, self.name = list(seconds), log, name
+
+        def window(self, steps):
+            self.log.append(self.name)
+            return self.seconds.pop(0)
+
+    log = []
+    timers = {"": FakeTimer([2.0, 1.0, 4.0], log, "jax"), "torch": FakeTimer([3.0, 3.0, 2.0], log, "torch")}
+    windows = bench_train.interleaved_windows(timers, steps=1, rounds=3)
+    assert log == ["jax", "torch"] * 3   # one window of each per round, in turn
+    assert windows == {"": [2.0, 1.0, 4.0], "torch": [3.0, 3.0, 2.0]}
+    assert bench_train.paired_speedups(windows, "", "torch") == [1.5, 3.0, 0.5]
+    figures = {"speedup_vs_faster_torch_mid_rounds_median": 1.5, "speedup_vs_faster_torch_mid_rounds_min": 0.5,
+               "speedup_vs_faster_torch_mid_rounds_max": 3.0, "train_mid_tokens_per_sec": 10.0}
+    assert "1.50× (0.50–3.00)" in bench.markdown_table(figures)
