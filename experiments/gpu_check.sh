@@ -8,6 +8,8 @@
 # A machine whose Python lacks gin-config (this workplace's CUDA image has jax, flax, optax and orbax but not
 # gin) takes it as a wheel: `make gpu-wheels` here puts it in .whl/ (git-ignored); carry .whl with the tree.
 # The multi-process training test and the data tests need seqio + TensorFlow and are not run here.
+# Time: the bench is cut at BENCH_TIMEOUT (300 s; four GPT-2-small compiles and ~1 min of timing) and the tests
+# at TEST_TIMEOUT (240 s), so one call fits a 10-minute command limit with the machine's start-up besides.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_check}
@@ -23,9 +25,9 @@ fi
   "$PY" -c "import jax, flax, optax, gin; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', \
 optax.__version__, jax.devices())"; } 2>&1 | tee "$OUT/versions.txt"
 
-timeout "${BENCH_TIMEOUT:-420}" "$PY" -m experiments.bench gpu --out="$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.log"
+timeout "${BENCH_TIMEOUT:-300}" "$PY" -m experiments.bench gpu --out="$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.log"
 bench_rc=${PIPESTATUS[0]}
-JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 timeout "${TEST_TIMEOUT:-300}" \
+JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 timeout "${TEST_TIMEOUT:-240}" \
   "$PY" -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning tests/train/test_train_sharding.py \
   tests/noise/test_noise_estimator.py tests/train/test_losses.py tests/models 2>&1 | tee "$OUT/sharding_tests.log"
 test_rc=${PIPESTATUS[0]}
