@@ -98,6 +98,7 @@ def run(figures: dict | None = None, tiny: bool = False) -> dict:
     timers = {}
     for suffix, microbatches, noise_scale, changes in VARIANTS[:2] if tiny else VARIANTS:
         name = f"gpu_gpt2_small{suffix}"
+        print(f"  [{name}] compiling and warming up (K={microbatches}, {changes or 'defaults'})", flush=True)
         try:
             timers[suffix] = bench_train.StepTimer(dataclasses.replace(config, **changes), batch, microbatches,
                                                    noise_scale)
