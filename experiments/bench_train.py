@@ -151,10 +151,16 @@ def interleaved_best_seconds(timers: dict, steps: int, rounds: int = WINDOWS) ->
     return {name: min(w) for name, w in interleaved_windows(timers, steps, rounds).items()}
 
 
-def paired_speedups(windows: dict, fast: str, slow: str) -> list[float]:
-    """Round-by-round speedups of timer ``fast`` over ``slow`` (slow's window time / fast's in the same
-    round): their spread says how far the best-window ratio can be trusted on a noisy machine."""
-    return [s / f for f, s in zip(windows[fast], windows[slow])]
+def paired_speedups(fast: list[float], slow: list[float]) -> list[float]:
+    """Round-by-round speedups of the ``fast`` windows over the ``slow`` ones (slow's window time / fast's in
+    the same round): their spread says how far the best-window ratio can be trusted on a noisy machine."""
+    return [s / f for f, s in zip(fast, slow)]
+
+
+def rounds_figures(key: str, paired: list[float]) -> dict:
+    """{key_rounds_median, key_rounds_min, key_rounds_max} of round-by-round speedups."""
+    return {f"{key}_rounds_median": float(np.median(paired)), f"{key}_rounds_min": min(paired),
+            f"{key}_rounds_max": max(paired)}
 
 
 def step_figures(timer: StepTimer, step_s: float) -> dict:
@@ -244,19 +250,13 @@ def run(figures: dict | None = None, tiny: bool = False, torch_reference: bool =
             out[f"torch_{mode}_{rung}_warmup_s"] = ref.warmup_s
             out[f"speedup_vs_torch_{mode}_{rung}"] = out[f"train_{rung}_tokens_per_sec"] / rate
             out[f"speedup_k1_vs_torch_{mode}_{rung}"] = out[f"train_{rung}_k1_tokens_per_sec"] / rate
-            paired = paired_speedups(windows, "", mode)
-            out[f"speedup_vs_torch_{mode}_{rung}_rounds_median"] = float(np.median(paired))
-            out[f"speedup_vs_torch_{mode}_{rung}_rounds_min"] = min(paired)
-            out[f"speedup_vs_torch_{mode}_{rung}_rounds_max"] = max(paired)
+            out.update(rounds_figures(f"speedup_vs_torch_{mode}_{rung}", paired_speedups(windows[""], windows[mode])))
             out["torch_version"] = ref.torch_version
             print(f"  [{rung} torch {mode}] {rate:,.0f} tokens/s", flush=True)
         if torch_reference:
             # The goal's statistic: the default step against the faster of the two references.
-            faster = {"faster": [min(e, c) for e, c in zip(windows["eager"], windows["compile"])], "": windows[""]}
-            paired = paired_speedups(faster, "", "faster")
+            faster = [min(e, c) for e, c in zip(windows["eager"], windows["compile"])]
             out[f"speedup_vs_faster_torch_{rung}"] = min(best["eager"], best["compile"]) / best[""]
-            out[f"speedup_vs_faster_torch_{rung}_rounds_median"] = float(np.median(paired))
-            out[f"speedup_vs_faster_torch_{rung}_rounds_min"] = min(paired)
-            out[f"speedup_vs_faster_torch_{rung}_rounds_max"] = max(paired)
+            out.update(rounds_figures(f"speedup_vs_faster_torch_{rung}", paired_speedups(windows[""], faster)))
         del timers
     return out

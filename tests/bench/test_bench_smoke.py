@@ -191,7 +191,9 @@ def test_interleaved_rounds_pair_each_round_and_keep_the_best_window():
     windows = bench_train.interleaved_windows(timers, steps=1, rounds=3)
     assert log == ["jax", "torch"] * 3   # one window of each per round, in turn
     assert windows == {"": [2.0, 1.0, 4.0], "torch": [3.0, 3.0, 2.0]}
-    assert bench_train.paired_speedups(windows, "", "torch") == [1.5, 3.0, 0.5]
+    assert bench_train.paired_speedups(windows[""], windows["torch"]) == [1.5, 3.0, 0.5]
+    assert bench_train.rounds_figures("s", [1.5, 3.0, 0.5]) == {"s_rounds_median": 1.5, "s_rounds_min": 0.5,
+                                                                 "s_rounds_max": 3.0}
     figures = {"speedup_vs_faster_torch_mid_rounds_median": 1.5, "speedup_vs_faster_torch_mid_rounds_min": 0.5,
                "speedup_vs_faster_torch_mid_rounds_max": 3.0, "train_mid_tokens_per_sec": 10.0}
     assert "1.50× (0.50–3.00)" in bench.markdown_table(figures)
