@@ -159,6 +159,12 @@ BOOKS_MINI = LocalCorpus(
     (("train", (embedded("books-mini", "train-*.jsonl.xz"),)),
      ("validation", (embedded("books-mini", "validation-*.jsonl.xz"),))),
     description="Project Gutenberg book excerpts (public domain), embedded: 4.6 MB train, 0.3 MB validation")
+BOOKS_20M = LocalCorpus(
+    "books_20m",
+    (("train", (embedded("books-20m", "train-*.jsonl.xz"),)),
+     ("validation", (embedded("books-20m", "validation-*.jsonl.xz"),))),
+    description="Project Gutenberg book excerpts (public domain), embedded: 20.3 MB train (391 books), "
+                "0.3 MB validation (books-mini's)")
 WIKI_MINI = LocalCorpus(
     "wiki_mini",
     (("validation", (embedded("wiki-mini", "validation-*.jsonl.xz"),)),),
@@ -173,4 +179,4 @@ WIKI = LocalCorpus(
     (("validation", (os.path.join(SHARED_DATA_DIR, "corpus-wiki", "validation-*.jsonl.xz"),)),),
     description="Wikipedia (WikiText raw valid+test), ../shared/data/corpus-wiki, CC BY-SA 3.0; evaluation only")
 
-LOCAL_CORPORA = {c.name: c for c in (BOOKS_MINI, WIKI_MINI, BOOKS, WIKI)}
+LOCAL_CORPORA = {c.name: c for c in (BOOKS_MINI, BOOKS_20M, WIKI_MINI, BOOKS, WIKI)}

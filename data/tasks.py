@@ -5,7 +5,7 @@ the preprocessors rekey(text -> targets), tokenize, append_eos, so
 ``seqio.get_mixture_or_task(name).get_dataset(...)`` gives token sequences, one per document.
 
 Registered at import (with seqio.ByteVocabulary, which needs no training):
-  books_mini, wiki_mini   embedded corpora in data/corpora/ (the default; no download)
+  books_mini, books_20m, wiki_mini   embedded corpora in data/corpora/ (no download)
   books, wiki             ../shared/data/corpus and ../shared/data/corpus-wiki (beside the repo)
   lm1b, c4_en, wiki40b_en TFDS datasets (need ``tfds build <name>`` into a data_dir first)
 A trained SentencePiece vocabulary gives a variant task ``<name>.<vocab tag>`` (`get_task`).

@@ -1,0 +1,188 @@
+"""Converged losses from whole learning curves: Kaplan eq 1.6 with a free L(N) term.
+
+A ladder of small models trained for a few thousand steps is not converged, so its final losses do not
+follow eq 1.1, L(N) = (N_c/N)^α_N: every rung still carries the (S_c/S_min)^α_S term of eq 1.6, and
+fitting a pure power law to them gives a flat, curved L(N) (what the old quick preset reported).
+Kaplan et al. 2020 §5 model the learning curve as
+
+    L(N, S_min) = (N_c/N)^α_N + (S_c/S_min)^α_S,        S_min = S / (1 + B_crit(L)/B)   (eqs 1.6, 5.4)
+
+where the step term does not depend on N. This module fits that *separable* form to every rung's
+learning curve at once, with the N term left free per rung:
+
+    L_r(S) = L∞_r + (S_c/S_min)^α_S         (one L∞ per rung; S_c and α_S shared by all rungs)
+
+so the power law in N is *not* imposed: L∞_r is each rung's S → ∞ (converged) loss, and the report fits
+eq 1.1 to the (N_r, L∞_r) points and judges that fit's quality honestly. For fixed (S_c, α_S) each
+L∞_r is a linear least-squares solution in closed form (variable projection), so only two nonlinear
+parameters are searched (a grid, then Nelder-Mead on the profile). Residuals are relative
+(L̂/L − 1), i.e. log-space errors, as in the rest of scaling/analysis.
+
+The early part of a learning curve (warmup and the unigram plateau of a fresh model) does not follow
+the step power law; `curve_window` keeps the part after `start_fraction` of each run.
+
+Pure numpy/scipy on arrays (no model, data or trainer imports).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import scipy.optimize
+
+from scaling.analysis.io import InputError
+
+
+@dataclasses.dataclass(frozen=True)
+class Curve:
+    """One run's learning curve: held-out loss at optimizer steps S (and the run's batch in tokens)."""
+    name: str
+    n_params: float                 # N, non-embedding
+    steps: np.ndarray               # S, optimizer steps
+    loss: np.ndarray                # nats/token
+    batch_tokens: float             # B
+
+
+@dataclasses.dataclass
+class SeparableFit:
+    s_c: float                      # S_c (steps)
+    alpha_s: float                  # α_S
+    l_inf: dict                     # run name -> L∞ (S → ∞ loss)
+    rms_rel: float                  # RMS of L̂/L − 1 over the fitted points
+    n_points: int
+    r2_log: float                   # R² of log L over all fitted points
+    per_run_rms: dict               # run name -> RMS relative residual
+    bcrit_used: bool                # True when S_min = S/(1 + B_crit(L)/B) was applied
+
+    def step_term(self, s_min) -> np.ndarray:
+        return (self.s_c / np.asarray(s_min, dtype=np.float64)) ** self.alpha_s
+
+    def record(self) -> dict:
+        return {"form": "L_r(S) = L_inf_r + (S_c/S_min)^alpha_S (Kaplan eq 1.6, free L(N) term)",
+                "S_c": self.s_c, "alpha_S": self.alpha_s, "L_inf": dict(self.l_inf),
+                "rms_relative_residual": self.rms_rel, "r2_log": self.r2_log, "n_points": self.n_points,
+                "per_run_rms_relative": dict(self.per_run_rms), "s_min_correction": self.bcrit_used}
+
+
+def curve_window(steps, loss, start_fraction: float = 0.25, min_step: float = 1.0):
+    """The part of a learning curve the step power law describes: S ≥ start_fraction · S_last (and ≥ min_step)."""
+    steps = np.asarray(steps, dtype=np.float64)
+    loss = np.asarray(loss, dtype=np.float64)
+    if len(steps) == 0:
+        return steps, loss
+    keep = (steps >= max(min_step, start_fraction * steps.max())) & np.isfinite(loss) & (loss > 0)
+    return steps[keep], loss[keep]
+
+
+def s_min(steps, loss, batch_tokens: float, b_crit: Callable | None):
+    """Kaplan eq 5.4: S_min = S / (1 + B_crit(L)/B); S itself when no B_crit(L) is given."""
+    steps = np.asarray(steps, dtype=np.float64)
+    if b_crit is None:
+        return steps
+    return steps / (1.0 + np.asarray(b_crit(np.asarray(loss, dtype=np.float64))) / float(batch_tokens))
+
+
+def _profile(log_sc: float, alpha: float, s_list, l_list):
+    """For fixed (S_c, α_S): each rung's L∞ in closed form (least squares in relative error) and the SSE."""
+    l_inf, sse, resid = [], 0.0, []
+    for s, l in zip(s_list, l_list):
+        term = np.exp(alpha * (log_sc - np.log(s)))
+        w = 1.0 / l ** 2                                  # relative residuals: (L∞ + term − L)/L
+        li = float(np.sum(w * (l - term)) / np.sum(w))
+        r = (li + term - l) / l
+        l_inf.append(li)
+        resid.append(r)
+        sse += float(np.sum(r ** 2))
+    return l_inf, sse, resid
+
+
+def fit_separable(curves: Sequence[Curve], *, b_crit: Callable | None = None, start_fraction: float = 0.25,
+                  alpha_bounds=(0.05, 3.0)) -> SeparableFit:
+    """Fits L_r(S) = L∞_r + (S_c/S_min)^α_S to all curves (shared S_c, α_S). Raises InputError on bad input."""
+    if len(curves) < 2:
+        raise InputError(f"the separable learning-curve fit needs >= 2 runs (got {len(curves)})")
+    s_list, l_list, names = [], [], []
+    for c in curves:
+        s, l = curve_window(c.steps, c.loss, start_fraction)
+        if len(s) < 3:
+            raise InputError(f"run {c.name}: {len(s)} eval points after {start_fraction:.0%} of the run; "
+                             "need >= 3 (evaluate more often: TrainConfig.eval_every)")
+        s_list.append(s_min(s, l, c.batch_tokens, b_crit))
+        l_list.append(l)
+        names.append(c.name)
+    if len(set(names)) != len(names):
+        raise InputError(f"duplicate run names in the learning curves: {names}")
+    s_all = np.concatenate(s_list)
+    lo_sc, hi_sc = math.log(max(s_all.min() * 1e-3, 1e-3)), math.log(s_all.max() * 1e3)
+
+    def objective(x):
+        log_sc, alpha = x
+        if not (alpha_bounds[0] <= alpha <= alpha_bounds[1]) or not lo_sc <= log_sc <= hi_sc:
+            return 1e6
+        return _profile(log_sc, alpha, s_list, l_list)[1]
+
+    grid = [(a, b) for a in np.linspace(lo_sc, hi_sc, 41) for b in np.geomspace(*alpha_bounds, 30)]
+    values = [objective(g) for g in grid]
+    best = [grid[i] for i in np.argsort(values)[:5]]
+    results = [scipy.optimize.minimize(objective, x0, method="Nelder-Mead",
+                                       options=dict(xatol=1e-9, fatol=1e-14, maxiter=4000)) for x0 in best]
+    res = min(results, key=lambda r: r.fun)
+    log_sc, alpha = (float(v) for v in res.x)
+    l_inf, sse, resid = _profile(log_sc, alpha, s_list, l_list)
+    r_all = np.concatenate(resid)
+    log_l = np.log(np.concatenate(l_list))
+    log_hat = np.log(np.concatenate(l_list) * (1.0 + r_all))
+    ss_tot = float(np.sum((log_l - log_l.mean()) ** 2))
+    r2 = 1.0 - float(np.sum((log_l - log_hat) ** 2)) / ss_tot if ss_tot > 0 else float("nan")
+    return SeparableFit(s_c=math.exp(log_sc), alpha_s=alpha, l_inf=dict(zip(names, l_inf)),
+                        rms_rel=float(np.sqrt(np.mean(r_all ** 2))), n_points=int(len(r_all)), r2_log=r2,
+                        per_run_rms={n: float(np.sqrt(np.mean(r ** 2))) for n, r in zip(names, resid)},
+                        bcrit_used=b_crit is not None)
+
+
+def power_law_fit(n, l_inf) -> tuple[float, float]:
+    """Eq 1.1 by least squares in log-log: (N_c, α_N) with L = (N_c/N)^α_N."""
+    x, y = np.log(np.asarray(n, dtype=np.float64)), np.log(np.asarray(l_inf, dtype=np.float64))
+    slope, intercept = np.polyfit(x, y, 1)
+    alpha = -float(slope)
+    return float(math.exp(intercept / alpha)) if alpha != 0 else float("inf"), alpha
+
+
+def predict_final_loss(curves: Sequence[Curve], target_n: float, target_steps: float, target_batch_tokens: float, *,
+                       b_crit: Callable | None = None, start_fraction: float = 0.25, n_boot: int = 200,
+                       seed: int = 0) -> dict:
+    """Predicts a larger model's loss after `target_steps` before it trains: eq 1.6 from the ladder's curves.
+
+    L̂ = (N_c/N)^α_N + (S_c/S_min)^α_S, with (S_c, α_S) and the L∞_r from `fit_separable` and (N_c, α_N)
+    from eq 1.1 on the L∞_r. S_min at the target uses B_crit at the predicted loss (one fixed-point pass).
+    The 95 % interval resamples whole runs (rungs) with replacement and refits both stages.
+    """
+    def one(cs):
+        fit = fit_separable(cs, b_crit=b_crit, start_fraction=start_fraction)
+        n = [c.n_params for c in cs]
+        n_c, alpha_n = power_law_fit(n, [fit.l_inf[c.name] for c in cs])
+        l_n = (n_c / target_n) ** alpha_n
+        pred = l_n + float(fit.step_term(target_steps))
+        if b_crit is not None:
+            for _ in range(3):   # S_min depends on the loss through B_crit(L)
+                pred = l_n + float(fit.step_term(s_min([target_steps], [pred], target_batch_tokens, b_crit))[0])
+        return pred, l_n, fit, n_c, alpha_n
+
+    pred, l_n, fit, n_c, alpha_n = one(curves)
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(curves), len(curves))
+        if len(set(curves[i].n_params for i in idx)) < 3:
+            continue
+        picked = [dataclasses.replace(curves[i], name=f"{curves[i].name}#{j}") for j, i in enumerate(idx)]
+        try:
+            boots.append(one(picked)[0])
+        except (InputError, FloatingPointError, ValueError):
+            continue
+    lo, hi = (np.percentile(boots, [2.5, 97.5]).tolist() if len(boots) >= 20 else (None, None))
+    return {"loss_pred": pred, "loss_pred_lo": lo, "loss_pred_hi": hi, "l_inf_pred": l_n,
+            "step_term_pred": pred - l_n, "N_c": n_c, "alpha_N": alpha_n, "separable_fit": fit.record(),
+            "bootstrap": len(boots)}

@@ -1,0 +1,73 @@
+"""The separable learning-curve fit (eq 1.6 with a free L(N) term) recovers known laws from synthetic curves."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from scaling.analysis import learning_curves as lc
+from scaling.analysis.io import InputError
+
+N_C, ALPHA_N, S_C, ALPHA_S = 3.0e8, 0.12, 60.0, 0.7
+
+
+def synthetic(ns, steps_of, noise=0.0, seed=0, b_crit=None, batch=1024.0):
+    rng = np.random.default_rng(seed)
+    curves = []
+    for n in ns:
+        steps = np.arange(100, steps_of(n) + 1, 100, dtype=float)
+        l_inf = (N_C / n) ** ALPHA_N
+        loss = l_inf + (S_C / steps) ** ALPHA_S
+        if b_crit is not None:   # S_min from the (true) loss: solve L = L∞ + (S_c/S_min(L))^α_S by iteration
+            for _ in range(50):
+                loss = l_inf + (S_C / lc.s_min(steps, loss, batch, b_crit)) ** ALPHA_S
+        loss = loss * (1 + noise * rng.standard_normal(len(steps)))
+        curves.append(lc.Curve(f"r{int(n)}", n, steps, loss, batch))
+    return curves
+
+
+NS = [3e3, 6e3, 1.2e4, 2.5e4, 5.5e4, 1e5, 1.9e5, 3.3e5]
+
+
+def test_recovers_step_law_and_converged_losses_exactly():
+    fit = lc.fit_separable(synthetic(NS, lambda n: 2000), start_fraction=0.0)
+    assert fit.alpha_s == pytest.approx(ALPHA_S, rel=1e-4)
+    assert fit.s_c == pytest.approx(S_C, rel=1e-3)
+    for n in NS:
+        assert fit.l_inf[f"r{int(n)}"] == pytest.approx((N_C / n) ** ALPHA_N, rel=1e-5)
+    n_c, alpha_n = lc.power_law_fit(NS, [fit.l_inf[f"r{int(n)}"] for n in NS])
+    assert alpha_n == pytest.approx(ALPHA_N, rel=1e-4) and n_c == pytest.approx(N_C, rel=1e-2)
+    assert fit.r2_log > 0.9999 and fit.rms_rel < 1e-6
+
+
+def test_s_min_correction_is_needed_when_the_data_has_it():
+    b_crit = lambda loss: 2.0e4 / loss ** 4   # tokens; comparable to the batch at these losses
+    curves = synthetic(NS, lambda n: 2000, b_crit=b_crit)
+    with_correction = lc.fit_separable(curves, b_crit=b_crit, start_fraction=0.0)
+    without = lc.fit_separable(curves, start_fraction=0.0)
+    assert with_correction.alpha_s == pytest.approx(ALPHA_S, rel=1e-3)
+    assert with_correction.rms_rel < 1e-5 < without.rms_rel
+
+
+def test_prediction_of_a_larger_model_with_noise_is_inside_its_interval():
+    curves = synthetic(NS, lambda n: 2000, noise=0.002, seed=3)
+    target = 7.9e5
+    out = lc.predict_final_loss(curves, target, 1200, 1024.0, start_fraction=0.0, n_boot=60, seed=1)
+    truth = (N_C / target) ** ALPHA_N + (S_C / 1200) ** ALPHA_S
+    assert abs(out["loss_pred"] / truth - 1) < 0.01
+    assert out["loss_pred_lo"] < truth < out["loss_pred_hi"]
+    assert out["alpha_N"] == pytest.approx(ALPHA_N, rel=0.15)
+
+
+def test_window_drops_the_early_plateau():
+    s, l = lc.curve_window([100, 200, 400, 800], [6.0, 5.9, 5.0, 4.5], start_fraction=0.25)
+    assert s.tolist() == [200, 400, 800] and l.tolist() == [5.9, 5.0, 4.5]
+
+
+def test_bad_input_is_named():
+    curves = synthetic(NS[:2], lambda n: 300)
+    with pytest.raises(InputError, match="needs >= 2 runs"):
+        lc.fit_separable(curves[:1])
+    with pytest.raises(InputError, match="eval points"):
+        lc.fit_separable(curves, start_fraction=0.9)
+    with pytest.raises(InputError, match="duplicate"):
+        lc.fit_separable([curves[0], dataclasses.replace(curves[1], name=curves[0].name)], start_fraction=0.0)
