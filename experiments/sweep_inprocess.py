@@ -130,7 +130,8 @@ def train_one(record: dict, root: str) -> dict:
                 status = "interrupted"
                 raise
             except BaseException as e:  # pylint: disable=broad-except  (isolation: any failure is the run's)
-                traceback.print_exc()
+                sys.stderr.flush()
+                os.write(2, traceback.format_exc().encode(errors="replace"))   # fd 2 is the run's log
                 status, error = "failed", _error_text(e)
             finally:
                 gin.clear_config()
