@@ -6,7 +6,8 @@ corpus (local files / TFDS, as a seqio Task, data/tasks.py)
   -> TrainLoader.batch(step) (pure function of seed, step, batch, D; data/loader.py)
   + fixed eval windows of the validation split and of extra tasks (transfer eval, Kaplan Fig. 8).
 
-Importing this module is cheap (no TensorFlow); `build_data` imports seqio/TF via data/tasks.py.
+Importing this module is cheap (no TensorFlow); `build_data` imports seqio/TF only when a corpus must be
+read from TFDS or a split tokenized without a cache (data/tasks.py registers seqio tasks lazily).
 """
 import dataclasses
 import os
@@ -98,7 +99,7 @@ def build_data(config: DataConfig, *, n_ctx: int, global_batch_size: int, seed: 
                process_index: int = 0, process_count: int = 1) -> LMData:
     """Builds (or loads from cache) everything the trainer needs for one run."""
     _validate(config, n_ctx, global_batch_size)
-    from data import tasks  # pylint: disable=import-outside-toplevel  (seqio + TensorFlow)
+    from data import tasks  # pylint: disable=import-outside-toplevel
     cache_dir = os.path.abspath(os.path.expanduser(config.cache_dir))
     workers = _num_workers(config)
     task = _resolve_task(tasks, config.task, config)
@@ -122,8 +123,10 @@ def build_data(config: DataConfig, *, n_ctx: int, global_batch_size: int, seed: 
                                                  max_chars=config.vocab_training_chars)
     encoder = vocab_lib.make_encoder(config.vocabulary, model_path)
     vocab_fp = vocab_lib.vocab_fingerprint(config.vocabulary, model_path)
-    seqio_task = tasks.get_task(task, config.vocabulary, model_path)
-    vocab_size = seqio_task.output_features["targets"].vocabulary.vocab_size
+    # The seqio task's name and vocabulary size without importing seqio: its SentencePieceVocabulary
+    # (extra_ids=0) has the model's pieces, its ByteVocabulary 256 bytes + pad/eos/unk (= the encoder's).
+    seqio_task_name = tasks.task_name(task, config.vocabulary, model_path)
+    vocab_size = encoder.vocab_size
     token_bytes = encoder.token_bytes()
 
     def split_cache(name: str, split: str, fp: str, docs_fn, max_docs):
@@ -155,7 +158,7 @@ def build_data(config: DataConfig, *, n_ctx: int, global_batch_size: int, seed: 
                                      bytes_per_token=bpt, cache=entry.path)
 
     manifest = dict(
-        task=config.task, seqio_task=seqio_task.name, vocabulary=config.vocabulary, vocab_size=int(vocab_size),
+        task=config.task, seqio_task=seqio_task_name, vocabulary=config.vocabulary, vocab_size=int(vocab_size),
         vocab_hash=vocab_fp, vocab_model=model_path, corpus_hash_train=train_fp, corpus_hash_validation=val_fp,
         n_ctx=n_ctx, tokens_per_window=n_ctx + 1, train_tokens=train_cache.n_tokens,
         train_documents=train_cache.manifest["n_documents"], train_bytes=train_cache.manifest["n_bytes"],

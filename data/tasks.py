@@ -4,7 +4,7 @@ Each task has a source of raw documents ({"text": ...}) with "train" and/or "val
 the preprocessors rekey(text -> targets), tokenize, append_eos, so
 ``seqio.get_mixture_or_task(name).get_dataset(...)`` gives token sequences, one per document.
 
-Registered at import (with seqio.ByteVocabulary, which needs no training):
+Registered at import in this module's registry (with seqio.ByteVocabulary, which needs no training):
   books_mini, books_20m, wiki_mini   embedded corpora in data/corpora/ (no download)
   books, wiki             ../shared/data/corpus and ../shared/data/corpus-wiki (beside the repo)
   lm1b, c4_en, wiki40b_en TFDS datasets (need ``tfds build <name>`` into a data_dir first)
@@ -15,15 +15,18 @@ from DataConfig.train_files / validation_files).
 The token cache (data/cache.py) reads the same documents through `documents` and applies the
 same vocabulary in worker processes, because tokenizing in Python on all cores is much faster
 than a single tf.data pipeline; tests check both paths give identical tokens.
+
+seqio and TensorFlow are imported lazily: the corpus registry (`get_corpus`, `documents`, `fingerprint`,
+`has_split`, `task_name`) needs neither, and the tasks enter seqio's TaskRegistry the first time a
+seqio Task is asked for (`get_task`, `seqio_registered`). So building data from an existing token
+cache of an embedded or local corpus never imports TensorFlow (tests/data/test_data_lazy_tf.py).
 """
 import dataclasses
 import functools
 import hashlib
 import os
+import sys
 from typing import Iterator, Sequence
-
-import seqio
-import tensorflow as tf
 
 from data import corpora
 from data import vocab as vocab_lib
@@ -140,7 +143,10 @@ def has_split(name: str, split: str) -> bool:
 
 # --- seqio registration ---------------------------------------------------------------------------
 
-def _local_source(corpus: corpora.LocalCorpus) -> seqio.DataSource:
+def _local_source(corpus: corpora.LocalCorpus):
+    import seqio  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
     def dataset_fn(split, shuffle_files, seed=None):
         del shuffle_files, seed   # documents come in file order; the loader does the shuffling
         signature = {TEXT: tf.TensorSpec((), tf.string)}
@@ -149,12 +155,14 @@ def _local_source(corpus: corpora.LocalCorpus) -> seqio.DataSource:
     return seqio.FunctionDataSource(dataset_fn, splits=[s for s, _ in corpus.splits])
 
 
-def _tfds_source(corpus: TfdsCorpus) -> seqio.DataSource:
+def _tfds_source(corpus: TfdsCorpus):
+    import seqio  # pylint: disable=import-outside-toplevel
     return seqio.TfdsDataSource(tfds_name=corpus.tfds_name, splits=dict(corpus.splits),
                                 tfds_data_dir=corpus.data_dir)
 
 
 def _preprocessors(text_key: str):
+    import seqio  # pylint: disable=import-outside-toplevel
     return [
         functools.partial(seqio.preprocessors.rekey, key_map={"targets": text_key}),
         seqio.preprocessors.tokenize,
@@ -163,10 +171,34 @@ def _preprocessors(text_key: str):
 
 
 def _output_features(vocabulary) -> dict:
+    import seqio  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
     return {"targets": seqio.Feature(vocabulary, add_eos=True, dtype=tf.int32)}
 
 
+_SEQIO_REGISTERED: set = set()   # names whose current corpus is in seqio's TaskRegistry
+
+
 def _register(name: str, corpus) -> None:
+    """Marks ``name`` for (re-)registration with seqio; done now if seqio is already in use."""
+    del corpus
+    _SEQIO_REGISTERED.discard(name)
+    if _SEQIO_REGISTERED or "seqio" in sys.modules:
+        seqio_registered()
+
+
+def seqio_registered():
+    """Registers every corpus of the registry with seqio (once each); returns the seqio module."""
+    import seqio  # pylint: disable=import-outside-toplevel
+    for name, corpus in CORPORA.items():
+        if name not in _SEQIO_REGISTERED:
+            _seqio_register(name, corpus)
+            _SEQIO_REGISTERED.add(name)
+    return seqio
+
+
+def _seqio_register(name: str, corpus) -> None:
+    import seqio  # pylint: disable=import-outside-toplevel
     if name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
     if isinstance(corpus, corpora.LocalCorpus):
@@ -203,14 +235,22 @@ def local_files_task_name(train_files: Sequence[str], validation_files: Sequence
     return "local_files_" + hashlib.sha256(blob).hexdigest()[:10]
 
 
-def get_task(name: str, vocabulary: str = "byte", model_path: str | None = None) -> seqio.Task:
-    """The seqio Task ``name`` tokenized with the given vocabulary (registered on first use)."""
+def task_name(name: str, vocabulary: str = "byte", model_path: str | None = None) -> str:
+    """The seqio task name `get_task` gives (no seqio import): ``name`` or ``name.spm<hash>``."""
     name = canonical_name(name)
     get_corpus(name)
     if vocabulary == "byte":
+        return name
+    return f"{name}.spm{vocab_lib.file_sha256(model_path)[:10]}"
+
+
+def get_task(name: str, vocabulary: str = "byte", model_path: str | None = None):
+    """The seqio Task ``name`` tokenized with the given vocabulary (registered on first use)."""
+    seqio = seqio_registered()
+    name = canonical_name(name)
+    variant = task_name(name, vocabulary, model_path)
+    if vocabulary == "byte":
         return seqio.get_mixture_or_task(name)
-    tag = "spm" + vocab_lib.file_sha256(model_path)[:10]
-    variant = f"{name}.{tag}"
     if variant not in seqio.TaskRegistry.names():
         vocab = vocab_lib.seqio_vocabulary(vocabulary, model_path)
         task = seqio.get_mixture_or_task(name).replace(name=variant, output_features=_output_features(vocab))

@@ -1,4 +1,4 @@
-"""Benchmarks: `python -m experiments.bench [all|matmul|train|noise|data|fit|compile|memory|gpu ...] [--out=FILE.json]`.
+"""Benchmarks: `python -m experiments.bench [all|matmul|train|noise|data|fit|compile|memory|gpu|sweep ...] [--out=FILE.json]`.
 
 Each section lives in its own module `experiments/bench_<section>.py` exposing
 ``run(previous: dict, tiny: bool) -> dict`` that returns a flat dict of named figures (ratios are
@@ -28,7 +28,7 @@ from absl import app, flags  # noqa: E402
 
 from scaling import fileio  # noqa: E402
 
-SECTIONS = ("matmul", "train", "noise", "data", "fit", "compile", "memory", "gpu")
+SECTIONS = ("matmul", "train", "noise", "data", "fit", "compile", "memory", "gpu", "sweep")
 RUNGS = ("small", "mid", "large")
 # The issue's named figures; a full run writes every one of them (the smoke test checks it).
 REQUIRED_KEYS = {
@@ -43,6 +43,7 @@ REQUIRED_KEYS = {
     "compile": ["compile_scan_6_s", "compile_scan_24_s", "compile_unrolled_6_s", "compile_unrolled_24_s"],
     "memory": ["memory_loss_whole_temp_bytes", "memory_loss_chunked_temp_bytes", "memory_loss_chunked_over_whole"],
     # On an accelerator (or with --tiny); on a CPU-only machine the section writes gpu_skipped instead.
+    "sweep": ["sweep_utilisation", "sweep_speedup_vs_subprocess", "sweep_overhead_fraction", "sweep_losses_equal"],
     "gpu": [f"gpu_gpt2_small{v}_{f}" for v in ("", "_k1") for f in ("tokens_per_sec", "mfu", "compile_s")],
 }
 GPU_VARIANTS = (("", "default step (K=4 + estimator), scanned layers"), ("_k1", "K=1 step"),
@@ -138,6 +139,14 @@ def markdown_table(figures: dict) -> str:
         ("memory_loss_whole_temp_bytes", "step temporaries, whole-sequence loss (6x384, n_ctx 1024, vocab 50,257, "
          "8 sequences)", "gb", "–"),
         ("memory_loss_chunked_temp_bytes", "step temporaries, loss in 128-position chunks (same step)", "gb", "–"),
+        ("sweep_utilisation", "sweep utilisation, in-process executor (model FLOPs ÷ wall × matmul peak)", "pct", "≥ 50%"),
+        ("sweep_utilisation_subprocess", "sweep utilisation, subprocess executor", "pct", "–"),
+        ("sweep_speedup_vs_subprocess", "sweep wall time, subprocess ÷ in-process", "x", "≥ 2.0×"),
+        ("sweep_overhead_fraction", "sweep wall time outside training steps, in-process", "pct", "≤ 10%"),
+        ("sweep_overhead_fraction_subprocess", "sweep wall time outside training steps, subprocess", "pct", "–"),
+        ("sweep_overhead_fraction_runs_over_30s", "run wall time outside training steps, runs ≥ 30 s, in-process",
+         "pct", "≤ 10%"),
+        ("sweep_losses_equal", "same losses and parameters under both executors", "", "True"),
     ]
     rows = [(label, _fmt(figures[key], kind), goal) for key, label, kind, goal in singles if key in figures]
     if rows:

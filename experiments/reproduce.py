@@ -6,7 +6,8 @@
 Stages (each idempotent; rerunning the command resumes where it stopped and redoes nothing finished):
 
 1. **sweep**: every group of the preset's sweep file (gin/sweeps/kaplan_cpu_<preset>.gin) except
-   `holdout`, through `scaling.sweep.run_sweep` (finished runs skipped, interrupted ones resumed from
+   `holdout`, through `scaling.sweep.run_sweep` with the in-process executor (experiments/sweep_inprocess.py;
+   --executor=subprocess for one process per run) (finished runs skipped, interrupted ones resumed from
    their checkpoints, failures recorded and retried on the next invocation).
 2. **noise**: `experiments.noise_scale --root` — B_simple along every run, and B_crit(L) from the
    `batch_scan` group (ROOT/noise/).
@@ -41,6 +42,9 @@ PRESET = flags.DEFINE_enum("preset", "quick", list(PRESETS), "Which sweep: quick
                            "2 cores) or full (../shared/data/corpus, hours).")
 SWEEP = flags.DEFINE_string("sweep", None, "A sweep gin file instead of the preset's (same groups).")
 WORKERS = flags.DEFINE_integer("workers", None, "Concurrent runs (default: sized to the machine).")
+EXECUTOR = flags.DEFINE_enum("executor", "inprocess", ["inprocess", "subprocess"],
+                             "How the runs train: inprocess (long-lived processes, runs back to back; "
+                             "experiments/sweep_inprocess.py) or subprocess (one experiments.train per run).")
 BOOTSTRAP = flags.DEFINE_integer("bootstrap", 200, "Bootstrap replicates for the prediction and the report.")
 
 
@@ -148,6 +152,8 @@ def main(argv):
         sys.exit(2)
     logging.set_verbosity(logging.WARNING)
     from scaling import sweep
+    from experiments import sweep_inprocess
+    executor = sweep_inprocess.executor_for(EXECUTOR.value)
 
     sweep_file = SWEEP.value or PRESETS[PRESET.value]
     root = os.path.abspath(ROOT.value)
@@ -161,7 +167,7 @@ def main(argv):
     ok = True
     try:
         log(f"1/5 sweep {sweep_file} (all groups but {HOLDOUT}) in {root}")
-        first = sweep.run_sweep(sweep_file, root, workers=WORKERS.value, exclude=(HOLDOUT,))
+        first = sweep.run_sweep(sweep_file, root, workers=WORKERS.value, exclude=(HOLDOUT,), executor=executor)
         ok &= first.ok
         log("2/5 noise scale and B_crit")
         ok &= run_stage("noise", ["experiments.noise_scale", f"--root={root}"])
@@ -169,7 +175,8 @@ def main(argv):
         write_prediction(root, runs, BOOTSTRAP.value)
         if any(r.group == HOLDOUT for r in runs):
             log("4/5 train the held-out rung")
-            ok &= sweep.run_sweep(sweep_file, root, workers=WORKERS.value, only=(HOLDOUT,)).ok
+            ok &= sweep.run_sweep(sweep_file, root, workers=WORKERS.value, only=(HOLDOUT,),
+                                  executor=executor).ok
         log("5/5 report")
         ok &= run_stage("report", ["experiments.report", f"--root={root}", f"--bootstrap={BOOTSTRAP.value}"])
     except sweep.LockedError as e:

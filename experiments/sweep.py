@@ -1,10 +1,12 @@
 """Run a sweep of training runs: `python -m experiments.sweep --gin_file=gin/sweeps/smoke.gin --root=DIR`.
 
-Expands the sweep file (format: scaling/sweep.py) into named runs and trains each one as its own
-`python -m experiments.train` subprocess under DIR/runs/<name>/, then keeps DIR/runs.csv (one row per
+Expands the sweep file (format: scaling/sweep.py) into named runs and trains them under DIR/runs/<name>/
+(by default in-process: long-lived Python processes train the runs back to back, experiments/sweep_inprocess.py;
+--executor=subprocess or a --launcher: each run its own `python -m experiments.train`), then keeps DIR/runs.csv (one row per
 run) and DIR/sweep.json up to date. Rerunning the same command skips finished runs, resumes
 interrupted ones and retries failed ones. One launcher per root (DIR/.lock).
 
+    --executor=inprocess|subprocess   how runs train (default inprocess; a --launcher implies subprocess)
     --workers=N                runs at a time (default: cores // --cores_per_run (1), at most one per 2 GiB of
                                memory, at least 1); with N > 1 each run is pinned to its share of the cores
     --dry_run                  print one self-contained shell command per run (for any scheduler); trains nothing
@@ -31,6 +33,10 @@ _LAUNCHER = flags.DEFINE_string("launcher", None, "Command prefix for every run 
 _ONLY = flags.DEFINE_list("only", [], "Only runs of these groups.")
 _EXCLUDE = flags.DEFINE_list("exclude_group", [], "Skip runs of these groups.")
 _RETRY_FAILED = flags.DEFINE_bool("retry_failed", True, "Retry runs that failed in an earlier launch.")
+_EXECUTOR = flags.DEFINE_enum("executor", "inprocess", ["inprocess", "subprocess"],
+                              "inprocess: long-lived processes train the runs back to back (no re-import, compiled "
+                              "steps reused); subprocess: one `python -m experiments.train` per run (always so "
+                              "with --launcher).")
 _COLLECT = flags.DEFINE_bool("collect", False, "Only (re)write sweep.json and runs.csv; train nothing.")
 
 
@@ -49,6 +55,7 @@ def main(argv):
     if _WORKERS.value is not None and _WORKERS.value < 1:
         fail(f"--workers must be >= 1, got {_WORKERS.value}")
     from scaling import sweep  # pylint: disable=import-outside-toplevel
+    from experiments import sweep_inprocess  # pylint: disable=import-outside-toplevel
 
     root = _ROOT.value or "runs/sweep"
     try:
@@ -67,7 +74,8 @@ def main(argv):
             return
         result = sweep.run_sweep(_GIN_FILE.value, root, workers=_WORKERS.value, cores_per_run=_CORES_PER_RUN.value,
                                  launcher=_LAUNCHER.value, only=_ONLY.value, exclude=_EXCLUDE.value,
-                                 retry_failed=_RETRY_FAILED.value)
+                                 retry_failed=_RETRY_FAILED.value,
+                                 executor=sweep_inprocess.executor_for(_EXECUTOR.value, _LAUNCHER.value))
     except sweep.SweepError as e:
         fail(str(e))
     except sweep.LockedError as e:

@@ -760,14 +760,17 @@ class SweepResult:
 
 def run_sweep(sweep_file: str, root: str, *, workers: int | None = None, cores_per_run: int = 1,
               launcher: str | None = None, only: Sequence[str] = (), exclude: Sequence[str] = (),
-              retry_failed: bool = True, env: dict | None = None, stream=None) -> SweepResult:
+              retry_failed: bool = True, env: dict | None = None, stream=None,
+              executor: Callable[..., list[Outcome]] | None = None) -> SweepResult:
     """Expands ``sweep_file`` and trains its (selected) runs under ``root``; returns what happened.
 
     Resumable and failure-tolerant (see the module docstring). ``workers`` runs at a time (default:
     cores // cores_per_run); with several workers each run is pinned to its share of the cores, which
     also sizes XLA's and the tokenizer's thread pools, and the runs start largest-first (planned FLOPs)
     so that no big run is left alone at the end; runs.csv keeps the sweep's order. A single remaining
-    run is not pinned. ``env`` is the runs' environment (default: ours).
+    run is not pinned. ``env`` is the runs' environment (default: ours). ``executor(todo, root, workers,
+    lock_fd, progress) -> [Outcome]`` trains the runs instead of the subprocess executor (e.g.
+    experiments/sweep_inprocess.py, which trains them in long-lived processes).
     """
     stream = stream or sys.stderr
     root = os.path.abspath(root)
@@ -798,8 +801,11 @@ def run_sweep(sweep_file: str, root: str, *, workers: int | None = None, cores_p
               file=stream, flush=True)
         if min(workers, len(todo)) > 1:
             todo.sort(key=_run_flops, reverse=True)
-        outcomes = _execute(todo, root, workers, launcher, lock.fd, env, Progress(todo, len(selected), done,
-                                                                                 workers, stream))
+        progress = Progress(todo, len(selected), done, workers, stream)
+        if executor is not None:
+            outcomes = executor(todo, root, workers, lock.fd, progress)
+        else:
+            outcomes = _execute(todo, root, workers, launcher, lock.fd, env, progress)
         csv_path = collect_runs_csv(root)
     counts: dict[str, int] = {}
     for run in selected:

@@ -60,7 +60,9 @@ def test_train_and_eval_windows_never_overlap(embedded):
 def test_seqio_task_round_trips_text_and_matches_cache(embedded):
     from data import corpora, tasks
     import seqio
-    _, data = embedded
+    config, data = embedded
+    # seqio tasks are registered on first use (data/tasks.py); the manifest names the same task
+    assert tasks.get_task(config.task, "spm", data.manifest["vocab_model"]).name == data.manifest["seqio_task"]
     task = seqio.get_mixture_or_task(data.manifest["seqio_task"])
     vocab = task.output_features["targets"].vocabulary
     assert vocab.vocab_size == 1024 and (vocab.pad_id, vocab.eos_id, vocab.unk_id) == (0, 1, 2)

@@ -1,0 +1,159 @@
+"""Sweep throughput (`python -m experiments.bench sweep`): one fixed sweep trained by both executors.
+
+The sweep is a scaled-down mix of the quick preset (gin/sweeps/kaplan_cpu_quick.gin): three ladder rungs,
+a data-budget run and four batch-scan runs (constant LR, several evals each), the preset's batch, eval
+and checkpoint settings. It is trained twice in this invocation, into two fresh roots, with the
+default worker count: first by the in-process executor (experiments/sweep_inprocess.py; a fresh,
+empty JAX compilation cache, so the figure does not depend on earlier runs), then by the subprocess
+executor (one `python -m experiments.train` per run). Figures:
+
+  sweep_utilisation                 Σ over runs of model FLOPs (models.accounting.mfu_flops_per_token × tokens,
+                                    the summaries' flops_per_token_mfu) ÷ (in-process sweep wall time × the
+                                    float32 matmul peak measured in this invocation)
+  sweep_utilisation_subprocess      the same for the subprocess executor
+  sweep_speedup_vs_subprocess       subprocess wall time ÷ in-process wall time
+  sweep_overhead_fraction           share of the in-process executor's wall time outside training steps:
+                                    1 − Σ train_time_sec ÷ (wall × workers)
+  sweep_overhead_fraction_subprocess  the same for the subprocess executor
+  sweep_run_overhead_fraction[_subprocess]  1 − Σ train_time_sec ÷ Σ run wall_time_sec (the runs alone)
+  sweep_losses_equal                every run's logged training losses, final eval loss and final parameters
+                                    (params_sha256) identical under both executors
+  sweep_wall_s[_subprocess], sweep_runs, sweep_workers, sweep_model_flops, sweep_peak_flops
+
+``tiny``: two 6-step runs of a tiny model (the schema; the figures mean nothing).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+SWEEP = """
+Sweep.name = 'bench_sweep'
+Sweep.base_gin_files = ['gin/data/embedded.gin', 'gin/optim/adam.gin', 'gin/optim/cosine.gin']
+Sweep.base_gin_params = {
+    'TrainConfig.batch_size': 16, 'TrainConfig.num_steps': 150, 'TrainConfig.microbatches': 4,
+    'TrainConfig.log_every': 5, 'TrainConfig.eval_every': 50, 'TrainConfig.checkpoint_every': 100,
+    'TrainConfig.keep_checkpoints': 1, 'DataConfig.eval_tokens': 32768,
+}
+Sweep.blocks = [
+    {'group': 'ladder', 'models': ['cpu_55k', 'cpu_187k', 'cpu_786k']},
+    {'group': 'data', 'models': ['cpu_55k'], 'grid': {'DataConfig.data_budget_tokens': [65536]}},
+    {'group': 'batch_scan', 'models': ['cpu_12k', 'cpu_55k'], 'gin_files': ['gin/optim/constant.gin'],
+     'params': {'TrainConfig.log_every': 1, 'TrainConfig.microbatches': 2, 'DataConfig.eval_tokens': 16384},
+     'grid': {'TrainConfig.batch_size,TrainConfig.num_steps,TrainConfig.eval_every,TrainConfig.warmup_steps': [
+         (4, 184, 23, 8), (16, 88, 11, 2)]}},
+]
+"""
+
+TINY_SWEEP = """
+Sweep.name = 'bench_sweep_tiny'
+Sweep.base_gin_files = ['gin/data/embedded.gin', 'gin/optim/adam.gin', 'gin/optim/cosine.gin']
+Sweep.base_gin_params = {
+    'TransformerConfig.n_ctx': 32, 'TransformerConfig.d_ff': 64, 'TransformerConfig.n_heads': 2,
+    'TrainConfig.batch_size': 8, 'TrainConfig.microbatches': 2, 'TrainConfig.num_steps': 6,
+    'TrainConfig.warmup_steps': 1, 'TrainConfig.log_every': 2, 'TrainConfig.eval_every': 3,
+    'TrainConfig.checkpoint_every': 3, 'TrainConfig.keep_checkpoints': 1, 'DataConfig.eval_tokens': 1024,
+}
+Sweep.blocks = [
+    {'group': 'ladder', 'models': ['cpu_12k'],
+     'grid': {'TransformerConfig.d_model,TransformerConfig.d_attn': [(16, 16), (24, 24)]}},
+]
+"""
+
+
+def _read(path: str):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _run_record(root: str, name: str) -> dict:
+    workdir = os.path.join(root, "runs", name)
+    summary = json.loads(_read(os.path.join(workdir, "summary.json")) or "{}")
+    losses = [(r.get("step"), r.get("loss")) for r in map(json.loads, (_read(os.path.join(workdir, "metrics.jsonl"))
+                                                                        or "").splitlines()) if r]
+    return {"summary": summary, "losses": losses}
+
+
+def _train(executor_name: str, sweep_file: str, root: str, workers: int | None) -> dict:
+    from experiments import sweep_inprocess
+    from scaling import sweep
+    result = sweep.run_sweep(sweep_file, root, workers=workers,
+                             executor=sweep_inprocess.executor_for(executor_name))
+    if not result.ok:
+        failed = [f"{o.run.name}: {o.error}" for o in result.outcomes if o.status != "finished"]
+        raise RuntimeError(f"bench sweep ({executor_name}) did not finish: {failed}")
+    runs = {r.name: _run_record(root, r.name) for r in result.runs}
+    used = min(workers or sweep.default_workers(), len(result.runs))
+    return {"wall": result.seconds, "runs": runs, "workers": used}
+
+
+def _figures(measured: dict, peak: float) -> dict:
+    runs = measured["runs"].values()
+    flops = sum(float(r["summary"]["flops_per_token_mfu"]) * float(r["summary"]["tokens"]) for r in runs)
+    train = sum(float(r["summary"]["train_time_sec"]) for r in runs)
+    run_wall = sum(float(r["summary"]["wall_time_sec"]) for r in runs)
+    wall = measured["wall"]
+    return {"utilisation": flops / (wall * peak), "overhead_fraction": 1.0 - train / (wall * measured["workers"]),
+            "run_overhead_fraction": 1.0 - train / run_wall, "wall_s": wall, "model_flops": flops,
+            "train_time_s": train}
+
+
+def run(previous: dict | None = None, tiny: bool = False) -> dict:
+    from experiments import bench_matmul
+
+    previous = previous or {}
+    peak = previous.get("matmul_peak_flops_this_run") or previous.get("matmul_peak_flops")
+    if not peak or tiny:
+        peak = bench_matmul.measure_peak(tiny)["matmul_peak_flops"]
+    workdir = tempfile.mkdtemp(prefix="bench_sweep-")
+    saved_cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    try:
+        sweep_file = os.path.join(workdir, "bench_sweep.gin")
+        with open(sweep_file, "w") as f:
+            f.write(TINY_SWEEP if tiny else SWEEP)
+        # A cold, private compilation cache: the in-process figure does not lean on earlier runs.
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(workdir, "jax_compilation_cache")
+        workers = 1 if tiny else None
+        inprocess = _train("inprocess", sweep_file, os.path.join(workdir, "inprocess"), workers)
+        subproc = _train("subprocess", sweep_file, os.path.join(workdir, "subprocess"), workers)
+    finally:
+        if saved_cache is None:
+            os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+        else:
+            os.environ["JAX_COMPILATION_CACHE_DIR"] = saved_cache
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    fast, slow = _figures(inprocess, peak), _figures(subproc, peak)
+    equal = inprocess["runs"].keys() == subproc["runs"].keys() and all(
+        a["losses"] == subproc["runs"][name]["losses"] and len(a["losses"]) > 0
+        and a["summary"].get("params_sha256") == subproc["runs"][name]["summary"].get("params_sha256")
+        and a["summary"].get("final_eval_loss") == subproc["runs"][name]["summary"].get("final_eval_loss")
+        for name, a in inprocess["runs"].items())
+    long_runs = [r["summary"] for r in inprocess["runs"].values() if float(r["summary"]["wall_time_sec"]) >= 30]
+    out = {
+        "sweep_utilisation": fast["utilisation"],
+        "sweep_utilisation_subprocess": slow["utilisation"],
+        "sweep_speedup_vs_subprocess": slow["wall_s"] / fast["wall_s"],
+        "sweep_overhead_fraction": fast["overhead_fraction"],
+        "sweep_overhead_fraction_subprocess": slow["overhead_fraction"],
+        "sweep_run_overhead_fraction": fast["run_overhead_fraction"],
+        "sweep_run_overhead_fraction_subprocess": slow["run_overhead_fraction"],
+        "sweep_losses_equal": bool(equal),
+        "sweep_wall_s": fast["wall_s"],
+        "sweep_wall_s_subprocess": slow["wall_s"],
+        "sweep_train_time_s": fast["train_time_s"],
+        "sweep_train_time_s_subprocess": slow["train_time_s"],
+        "sweep_runs": len(inprocess["runs"]),
+        "sweep_workers": inprocess["workers"],
+        "sweep_model_flops": fast["model_flops"],
+        "sweep_peak_flops": float(peak),
+    }
+    if long_runs:
+        out["sweep_overhead_fraction_runs_over_30s"] = 1.0 - sum(s["train_time_sec"] for s in long_runs) / sum(
+            s["wall_time_sec"] for s in long_runs)
+    return out

@@ -1,0 +1,32 @@
+"""Smoke test of `python -m experiments.bench sweep` at tiny size: the figures' schema (not their values)."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+from experiments import bench
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_bench_sweep_schema(tmp_path):
+    out = str(tmp_path / "bench.json")
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)          # one CPU device per run (tests/conftest.py asks for 8 fake ones)
+    done = subprocess.run([sys.executable, "-m", "experiments.bench", "sweep", "--tiny", f"--out={out}"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with open(out) as f:
+        figures = json.load(f)
+    for key in bench.REQUIRED_KEYS["sweep"]:
+        assert key in figures, key
+    assert figures["sweep_losses_equal"] is True            # the same gin and seed give the same run
+    for key in ("sweep_utilisation", "sweep_utilisation_subprocess", "sweep_speedup_vs_subprocess",
+                "sweep_overhead_fraction", "sweep_overhead_fraction_subprocess", "sweep_wall_s",
+                "sweep_wall_s_subprocess", "sweep_model_flops", "sweep_peak_flops"):
+        assert isinstance(figures[key], float) and math.isfinite(figures[key]) and figures[key] > 0, key
+    assert figures["sweep_runs"] == 2 and figures["sweep_workers"] == 1
+    assert figures["sweep_utilisation"] < 1 and figures["sweep_overhead_fraction"] < 1
+    assert figures["sweep_speedup_vs_subprocess"] == figures["sweep_wall_s_subprocess"] / figures["sweep_wall_s"]
+    assert "sweep utilisation" in open(str(tmp_path / "bench.md")).read()
