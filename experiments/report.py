@@ -26,7 +26,7 @@ import numpy as np
 from absl import app, flags
 
 from scaling import fileio
-from scaling.analysis import api, fitting, laws, plots
+from scaling.analysis import api, fitting, laws, learning_curves, plots
 from scaling.analysis import report_tables as rt
 from scaling.analysis.io import InputError
 
@@ -214,15 +214,108 @@ def _fit_band(predict, col, x):
 
 
 # --- sections ----------------------------------------------------------------------------------------------
+def _ladder_learning_curves(rep: Report) -> list:
+    """Every finished ladder run's learning curve (eval loss vs optimizer step) as learning_curves.Curve."""
+    curves = []
+    for r in rep.sweep.group("ladder"):
+        steps, loss = rep.sweep.curve(r, x="step")
+        if len(steps) and rt.positive(r.get("n_params_nonembedding")) and rt.positive(r.get("batch_tokens")):
+            curves.append(learning_curves.Curve(str(r["run"]), float(r["n_params_nonembedding"]), steps, loss,
+                                                float(r["batch_tokens"])))
+    return sorted(curves, key=lambda c: c.n_params)
+
+
+def _bcrit_record(rep: Report) -> dict | None:
+    path = os.path.join(rep.root, "noise", "bcrit.json")
+    return fileio.read_json_object(path) if os.path.exists(path) else None
+
+
+def section_ln_converged(rep: Report) -> list:
+    """L(N) at convergence (eq 1.1) from whole learning curves: eq 1.6 with a free L(N) term, then eq 1.1."""
+    curves = _ladder_learning_curves(rep)
+    _need(len(curves) >= 3, f"the `ladder` group has {len(curves)} finished runs with learning curves (need >= 3)")
+    b_crit = learning_curves.bcrit_law(_bcrit_record(rep))
+    try:
+        sep = learning_curves.fit_separable(curves, b_crit=b_crit)
+    except InputError as e:
+        raise NotMeasured(f"the learning-curve fit is not possible: {e}") from e
+    N = np.array([c.n_params for c in curves])
+    L_inf = np.array([sep.l_inf[c.name] for c in curves])
+    alpha_s_jack = []
+    for i in range(len(curves)):   # jackknife over rungs: the step exponent's uncertainty
+        try:
+            alpha_s_jack.append(learning_curves.fit_separable(curves[:i] + curves[i + 1:], b_crit=b_crit).alpha_s)
+        except InputError:
+            pass
+    jack_se = (float(np.sqrt((len(alpha_s_jack) - 1) / len(alpha_s_jack) *
+                             np.sum((np.array(alpha_s_jack) - np.mean(alpha_s_jack)) ** 2)))
+               if len(alpha_s_jack) >= 3 else float("nan"))
+    alpha_s_ci = [sep.alpha_s - 1.96 * jack_se, sep.alpha_s + 1.96 * jack_se] if math.isfinite(jack_se) else None
+    rep.setup["ln_converged"] = dict(fit=sep, curves=curves, alpha_s_ci=alpha_s_ci)
+    rec, predict, notes = rep.power_fit("kaplan_n", "kaplan_n", N, L_inf, "n_params_nonembedding",
+                                        extra=dict(loss="L_inf: S -> infinity loss of each rung's learning curve",
+                                                   learning_curve_fit=sep.record(),
+                                                   runs=[c.name for c in curves]))
+    a, ci = rec["params"]["alpha_N"], rec["ci95"].get("alpha_N")
+    q = rec["quality"]
+    steps = _range([float(c.steps.max()) for c in curves], ".0f")
+    rep.exponent("α_N", "L(N) = (N_c/N)^α_N, converged losses (S → ∞ of each rung's curve)", a, ci, T5["alpha_N"],
+                 "Table 5", f"N = {_range(N)} (paper 7e2–1.5e9); at ≤ 4e5 parameters with a 1,024-token "
+                 "vocabulary the loss falls more slowly with N than for the paper's larger models", notes)
+    rep.setup["ln_converged"].update(alpha_N=a, alpha_N_ci=ci, N_c=rec["params"]["N_c"])
+    rep.exponent("α_S", "step term of eq 1.6, fitted to all ladder curves", sep.alpha_s, alpha_s_ci, T3["alpha_S"],
+                 "Table 3", "S_min from this sweep's B_crit(L)" if sep.bcrit_used else "S, not S_min (no B_crit(L))")
+    s_term_end = {c.name: float(sep.step_term(learning_curves.s_min([c.steps.max()], [c.loss[-1]], c.batch_tokens,
+                                                                     b_crit))[0]) for c in curves}
+    table = ["| run | N | steps | final eval loss | L∞ (S → ∞) | step term at the end | curve fit RMS |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for c in curves:
+        table.append(f"| {c.name} | {c.n_params:,.0f} | {c.steps.max():.0f} | {c.loss[-1]:.4f} | "
+                     f"{sep.l_inf[c.name]:.4f} | {s_term_end[c.name]:.3f} | {sep.per_run_rms[c.name]:.2%} |")
+    lines = [f"Ladder: {len(curves)} runs, N = {_range(N)} non-embedding parameters ({steps} steps each). None is "
+             "trained to convergence (a 2-core CPU cannot), so each rung's converged loss is the S → ∞ limit of its "
+             "learning curve: one fit of L_r(S) = L∞_r + (S_c/S_min)^α_S to every rung's eval curve after 25 % of its "
+             "steps (Kaplan eq 1.6 with the N term left free per rung, so the power law in N is not assumed; "
+             + ("S_min = S/(1 + B_crit(L)/B) from this sweep's batch scan, eq 5.4" if sep.bcrit_used else
+                "no B_crit(L) in this sweep, so S is used for S_min") + ").", "",
+             f"- **Step term** (shared by all rungs): α_S = {rt.format_ci(sep.alpha_s, alpha_s_ci, '{:.3f}')} "
+             f"(jackknife over rungs), S_c = {_fmt(sep.s_c)} steps; "
+             f"{sep.n_points} eval points, relative RMS {sep.rms_rel:.2%}, R² (log) {sep.r2_log:.4f} "
+             f"(paper Table 3: α_S = {T3['alpha_S']}, S_c = {T3['S_c']:.1e}).",
+             f"- **L(N) at convergence** (eq 1.1 on the L∞): α_N = {rt.format_ci(a, ci, '{:.4f}')}, "
+             f"N_c = {_fmt(rec['params']['N_c'])}; R² (log) = {q['r2_log']:.4f}, residual RMS {q['rms_log']:.2g}, "
+             f"bend p = {_fmt(q['bend_p'], '.2g')} (paper: α_N = {T5['alpha_N']}, N_c = {T5['N_c']:.1e}).{_notes_text(notes)}",
+             "", *table]
+    ci_n = [i / max(len(curves) - 1, 1) for i in range(len(curves))]
+    curve_series = []
+    for c, k in zip(curves, ci_n):
+        curve_series.append(dict(x=c.steps, y=c.loss, kind="line", lw=1, cmap_index=k, label=f"N = {c.n_params:.2g}"))
+        s_grid = np.geomspace(c.steps.max() * 0.25, c.steps.max() * 8, 40)
+        fit_line = sep.l_inf[c.name] + sep.step_term(learning_curves.s_min(
+            s_grid, np.full_like(s_grid, sep.l_inf[c.name] + 0.3), c.batch_tokens, b_crit))
+        curve_series.append(dict(x=s_grid, y=fit_line, kind="line", ls=":", lw=1, cmap_index=k))
+    final = np.array([c.loss[-1] for c in curves])
+    series = [dict(x=N, y=L_inf, kind="scatter", color="k", label="L∞ (converged, from the curves)"),
+              dict(x=N, y=final, kind="scatter", color="tab:gray", marker="x", label="final eval loss"),
+              *_fit_band(predict, "N", N),
+              _paper_slope_line(N, L_inf, -T5["alpha_N"], f"paper slope α_N = {T5['alpha_N']}")]
+    panels = [dict(title=f"converged L(N): α_N = {a:.3f}", xlabel="N (non-embedding parameters)",
+                   ylabel="loss (nats/token)", ylog=True, series=series),
+              dict(title="learning curves and the eq 1.6 fit (dotted: extrapolation)", xlabel="step S",
+                   ylabel="eval loss", ylog=True, series=curve_series)]
+    rep.setup["ln_figure"] = rep.figure("ln.png", panels, "L(N) at convergence: Kaplan Fig. 1 (right), eq 1.6")
+    return lines + ["", rep.setup["ln_figure"]]
+
+
 def section_ln(rep: Report) -> list:
     """L(N) (Fig. 1 right, Fig. 6): ladder, non-embedding N, and the embedding-inclusive count beside it."""
     ladder = rep.sweep.group("ladder")
     rows, N, L = _scored(ladder, "n_params_nonembedding")
     _need(len(rows) >= 3, f"the `ladder` group has {len(rows)} finished runs with a loss (a power law needs >= 3)")
-    rec, predict, notes = rep.power_fit("kaplan_n", "kaplan_n", N, L, "n_params_nonembedding")
+    rec, predict, notes = rep.power_fit("kaplan_n_final", "kaplan_n", N, L, "n_params_nonembedding")
     a, ci = rec["params"]["alpha_N"], rec["ci95"].get("alpha_N")
     steps = _range([r.get("steps") for r in rows], ".0f")
-    rep.exponent("α_N", "L(N) = (N_c/N)^α_N, ladder, best eval loss", a, ci, T5["alpha_N"], "Table 5",
+    rep.exponent("α_N (final losses)", "L(N) = (N_c/N)^α_N, ladder, best eval loss (not converged)", a, ci, T5["alpha_N"], "Table 5",
                  f"N = {_range(N)} (paper 7e2–1.5e9), {steps} steps each, not trained to convergence", notes)
     rep.exponent("N_c", "L(N) constant", rec["params"]["N_c"], rec["ci95"].get("N_c"), T5["N_c"], "Table 5",
                  "loss scale depends on tokenizer/vocabulary and corpus: not comparable across data sets",
@@ -259,8 +352,9 @@ def section_ln(rep: Report) -> list:
                                    *_fit_band(predict_t, "N", Nt)]))
     else:
         lines.append("- All-parameter count: not measured in this sweep (runs.csv lacks n_params_total).")
-    rep.setup["ln_figure"] = rep.figure("ln.png", panels, "L(N): Kaplan Fig. 1 (right) and Fig. 6")
-    lines += ["", rep.setup["ln_figure"]]
+    figure = rep.figure("ln_final.png", panels, "L(N) of the final losses: Kaplan Fig. 1 (right) and Fig. 6")
+    rep.setup.setdefault("ln_figure", figure)
+    lines += ["", figure]
     return lines
 
 
@@ -514,8 +608,44 @@ def section_lc(rep: Report) -> list:
     else:
         lines.append(f"- Frontier N_opt(C): not measured in this sweep: only {len(trans)} crossing(s) between the "
                      "rungs' learning curves (need >= 2; larger rungs must overtake smaller ones within the runs).")
+    lines += _derived_frontier(rep)
     rep.setup["lc_figure"] = rep.figure("lc.png", panels, "L(C) and the compute-efficient frontier: Kaplan Figs. 1, 13, 14")
     return lines + ["", rep.setup["lc_figure"]]
+
+
+def _derived_frontier(rep: Report) -> list:
+    """Kaplan §6.1 / App. B: the compute-efficient frontier implied by this sweep's α_N, α_S and α_B.
+
+    N_opt ∝ C_min^(α_C^min/α_N), B_crit ∝ C_min^(α_C^min/α_B), S_min ∝ C_min^(α_C^min/α_S), with
+    α_C^min = 1/(1/α_S + 1/α_B + 1/α_N) (eqs B.7-B.10). The interval takes every combination of the three
+    exponents' 95 % bounds (their extremes bound the monotone map), so it is conservative.
+    """
+    conv = rep.setup.get("ln_converged") or {}
+    bc = _bcrit_record(rep) or {}
+    a_n, a_s, a_b = conv.get("alpha_N"), getattr(conv.get("fit"), "alpha_s", None), bc.get("alpha_B")
+    if not all(rt.positive(v) for v in (a_n, a_s, a_b)):
+        missing = [k for k, v in (("α_N (converged L(N))", a_n), ("α_S (learning curves)", a_s),
+                                  ("α_B (noise/bcrit.json)", a_b)) if not rt.positive(v)]
+        return [f"- Frontier from the fitted exponents (Kaplan §6.1): not derived: {', '.join(missing)} not measured."]
+    central = laws.frontier_exponents(alpha_N=a_n, alpha_S=a_s, alpha_B=a_b)
+    bounds = [conv.get("alpha_N_ci") or [a_n, a_n], conv.get("alpha_s_ci") or [a_s, a_s],
+              (bc.get("ci95") or {}).get("alpha_B") or [a_b, a_b]]
+    combos = [laws.frontier_exponents(alpha_N=x, alpha_S=y, alpha_B=z) for x in bounds[0] for y in bounds[1]
+              for z in bounds[2] if min(x, y, z) > 0]
+    ci = {k: [min(c[k] for c in combos), max(c[k] for c in combos)] for k in central} if combos else {}
+    notes = rt.ci_notes("p_N", central["p_N"], *ci.get("p_N", [float("nan")] * 2))
+    rep.save_fit("frontier_derived", dict(law="Kaplan eqs B.7-B.10 from measured exponents", params=central,
+                                          ci95=ci, inputs=dict(alpha_N=a_n, alpha_S=a_s, alpha_B=a_b),
+                                          notes=notes, convention=dict(C="C_min (B << B_crit)")))
+    rep.exponent("p_N (derived)", "N_opt ∝ C_min^p_N from α_N, α_S, α_B (eqs B.7-B.10)", central["p_N"],
+                 ci.get("p_N"), T6["p_N"], "Table 6", "small-model exponents: a shallow α_N makes p_N large", notes)
+    rep.exponent("α_C^min (derived)", "1/(1/α_S + 1/α_B + 1/α_N)", central["alpha_C_min"], ci.get("alpha_C_min"),
+                 T5["alpha_C_min"], "Table 5", "from this sweep's exponents")
+    fmt = lambda k: rt.format_ci(central[k], ci.get(k), "{:.3f}")
+    return [f"- **Frontier from the fitted exponents** (Kaplan §6.1, eqs B.7-B.10; α_N = {a_n:.4f}, α_S = {a_s:.3f}, "
+            f"α_B = {a_b:.3f} from this sweep): α_C^min = {fmt('alpha_C_min')}, N_opt ∝ C_min^{fmt('p_N')}, "
+            f"B_crit ∝ C_min^{fmt('p_B')}, S_min ∝ C_min^{fmt('p_S')} (paper Table 6: p_N = {T6['p_N']}, "
+            f"p_B = {T6['p_B']}, p_S = {T6['p_S']}).{_notes_text(notes)}"]
 
 
 def _batch_scan_words(rep: Report) -> str:
@@ -907,24 +1037,31 @@ def section_prediction(rep: Report) -> list:
     if row is None or row.get("status") != "finished" or _loss(row) is None:
         state = "not in runs.csv" if row is None else f"status {row.get('status')}"
         return lines + [f"**Measured: pending** — the holdout run is {state}; rerun the report when it has finished."]
-    measured = _loss(row)
+    # What the prediction is of: the final eval loss (learning-curve law, predicted at the run's last step) or
+    # the best eval loss (L(N) fits on the ladder's best losses).
+    measure = p.get("measure") or "best_eval_loss"
+    measured_of = lambda key: row.get(key) if rt.positive(row.get(key)) else _loss(row)
+    measured = measured_of(measure)
     err = measured - pred
     # A null bound is an unbounded side of the interval (the bootstrap produced non-finite replicates).
     inside = _inside(measured, lo, hi)
     rep.setup["prediction"] = dict(pred=pred, lo=lo, hi=hi, measured=measured, error=err, inside=inside, run=target)
     final = row.get("final_eval_loss")
     final_text = f" (final eval loss {final:.4f})" if rt.positive(final) else ""
-    lines.append(f"**Measured** (best eval loss): {measured:.4f}{final_text}. **Error** measured − predicted = "
+    final_text = "" if measure == "final_eval_loss" else final_text
+    lines.append(f"**Measured** ({measure.replace('_', ' ')}): {measured:.4f}{final_text}. **Error** measured − predicted = "
                  f"{err:+.4f} nats/token ({100 * err / pred:+.2f}%); the measurement is "
                  f"**{'inside' if inside else 'outside'}** the 95% CI.")
     for law, alt in (p.get("alternatives") or {}).items():
         a_pred, a_lo, a_hi = (alt.get(k) for k in ("loss_pred", "loss_pred_lo", "loss_pred_hi"))
         if not rt.positive(a_pred):
             continue
+        a_measure = alt.get("measure") or "best_eval_loss"
+        a_measured = measured_of(a_measure)
         lines.append(f"- Also written before training, by law `{law}`: {a_pred:.4f} (95% CI "
-                     f"{_interval_text(a_lo, a_hi)}); error {measured - a_pred:+.4f} "
-                     f"({100 * (measured - a_pred) / a_pred:+.2f}%), "
-                     f"{'inside' if _inside(measured, a_lo, a_hi) else 'outside'} its CI.")
+                     f"{_interval_text(a_lo, a_hi)}) of the {a_measure.replace('_', ' ')}; error "
+                     f"{a_measured - a_pred:+.4f} ({100 * (a_measured - a_pred) / a_pred:+.2f}%), "
+                     f"{'inside' if _inside(a_measured, a_lo, a_hi) else 'outside'} its CI.")
     fit_rows = [r for r in rep.sweep.rows if str(r.get("run")) in set(map(str, p.get("fit_runs", [])))]
     fr, Nf, Lf = _scored(fit_rows, "n_params_nonembedding")
     n_t = p.get("n_params_nonembedding") or row.get("n_params_nonembedding")
@@ -1006,7 +1143,8 @@ def _run_table(rep: Report) -> list:
 
 
 SECTIONS = (
-    ("L(N): loss vs model size (Fig. 1 right, Fig. 6)", section_ln),
+    ("L(N) at convergence: from whole learning curves (Fig. 1 right, eq 1.6)", section_ln_converged),
+    ("L(N) of the final (unconverged) losses (Fig. 6)", section_ln),
     ("L(D): loss vs data with early stopping (Fig. 1 centre)", section_ld),
     ("L(C) and the compute-efficient frontier (Fig. 1 left, Figs. 13-14)", section_lc),
     ("L(C_min) (Table 5)", section_lcmin),

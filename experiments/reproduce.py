@@ -100,6 +100,56 @@ def predict_loss(law: str, points: dict, n_target: float, n_boot: int) -> dict:
             "fit_params": fit.record["params"], "fit_ci95": fit.record.get("ci95", {})}
 
 
+def predict_from_curves(root: str, runs, target, n_boot: int) -> dict:
+    """The holdout's final eval loss from the ladder's whole learning curves (Kaplan eq 1.6, the headline law).
+
+    Each ladder rung's curve gives its converged loss L_inf (one fit of L_r(S) = L_inf_r + (S_c/S_min)^alpha_S to all
+    rungs, S_min from the batch scan's B_crit(L) when noise/bcrit.json has it); eq 1.1 through the L_inf gives
+    L(N) at the holdout's N, and the step term at its planned steps and batch is added. Interval: whole rungs
+    resampled with replacement (scaling/analysis/learning_curves.py)."""
+    from scaling import sweep
+    from scaling.analysis import learning_curves
+    curves = []
+    for run in runs:
+        if run.group == "ladder":
+            curve = learning_curves.read_curve(sweep.run_dir(root, run.name), run.name)
+            if curve is not None:
+                curves.append(curve)
+    b_crit = learning_curves.bcrit_law(fileio.read_json_object(os.path.join(root, "noise", "bcrit.json")))
+    planned = target.planned
+    out = learning_curves.predict_final_loss(
+        curves, float(planned["n_params_nonembedding"]), float(planned["steps"]), float(planned["batch_tokens"]),
+        b_crit=b_crit, n_boot=n_boot, seed=0)
+    return {**out, "measure": "final_eval_loss", "fit_params": {"N_c": out["N_c"], "alpha_N": out["alpha_N"]},
+            "s_min_correction": b_crit is not None}
+
+
+def missing_corpora(runs) -> list[str]:
+    """Local corpora the runs' data gin files name (DataConfig.task = '...') whose files are absent, as messages."""
+    import re
+    from data import corpora
+    tasks = set()
+    for run in runs:
+        for path in run.gin_files:
+            full = path if os.path.isabs(path) else os.path.join(os.path.dirname(os.path.dirname(__file__)), path)
+            if os.path.exists(full):
+                with open(full) as f:
+                    tasks.update(re.findall(r"^DataConfig\.task\s*=\s*['\"]([\w.]+)['\"]", f.read(), re.M))
+        tasks.update(re.findall(r"DataConfig\.task=['\"]?([\w.]+)", " ".join(run.gin_params)))
+    problems = []
+    for task in sorted(tasks):
+        corpus = corpora.LOCAL_CORPORA.get(task)
+        for split, patterns in (corpus.splits if corpus else ()):
+            try:
+                corpora.expand_paths(patterns, what=f"{task} {split}")
+            except (FileNotFoundError, ValueError):
+                problems.append(f"corpus {task!r} ({split}) is missing: {', '.join(patterns)} matches no file. "
+                                f"Put the files there, or point $SCALING_SHARED_DATA at a folder holding corpus/ and "
+                                f"corpus-wiki/ (data/corpora.py), or run another corpus with --sweep and "
+                                f"gin/data/local_files.gin")
+    return problems
+
+
 def write_prediction(root: str, runs, n_boot: int) -> dict | None:
     """Fits L(N) on the ladder and writes ROOT/prediction.json for the holdout run (once, before it trains)."""
     from scaling.analysis import fitting
@@ -124,9 +174,13 @@ def write_prediction(root: str, runs, n_boot: int) -> dict | None:
         return None
     n_target = float(target.planned["n_params_nonembedding"])
     predictions = {}
+    try:
+        predictions["kaplan_ns_curves"] = predict_from_curves(root, runs, target, n_boot)
+    except (InputError, fitting.FitError, ValueError) as e:
+        log(f"predict: the learning-curve (eq 1.6) prediction failed ({e})")
     for law in prediction_laws(len(points["N"])):
         try:
-            predictions[law] = predict_loss(law, points, n_target, n_boot)
+            predictions[law] = {**predict_loss(law, points, n_target, n_boot), "measure": "best_eval_loss"}
         except (InputError, fitting.FitError) as e:
             log(f"predict: the {law} fit failed ({e})")
     if not predictions:
@@ -162,6 +216,11 @@ def main(argv):
         _, runs = sweep.expand(sweep_file)
     except (sweep.SweepError, FileNotFoundError, ValueError) as e:
         print(f"reproduce: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    problems = missing_corpora(runs)
+    if problems:
+        for problem in problems:
+            print(f"reproduce: error: {problem}", file=sys.stderr)
         sys.exit(2)
     os.makedirs(root, exist_ok=True)
     ok = True

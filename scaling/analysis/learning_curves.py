@@ -186,3 +186,38 @@ def predict_final_loss(curves: Sequence[Curve], target_n: float, target_steps: f
     return {"loss_pred": pred, "loss_pred_lo": lo, "loss_pred_hi": hi, "l_inf_pred": l_n,
             "step_term_pred": pred - l_n, "N_c": n_c, "alpha_N": alpha_n, "separable_fit": fit.record(),
             "bootstrap": len(boots)}
+
+
+def read_curve(workdir: str, name: str | None = None) -> Curve | None:
+    """A finished run's learning curve from its workdir (summary.json + eval.jsonl); None if either is missing."""
+    import json
+    import os
+    summary_path, eval_path = os.path.join(workdir, "summary.json"), os.path.join(workdir, "eval.jsonl")
+    if not (os.path.exists(summary_path) and os.path.exists(eval_path)):
+        return None
+    with open(summary_path) as f:
+        summary = json.load(f)
+    steps, loss = [], []
+    with open(eval_path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            r = json.loads(line)
+            if r.get("step", 0) > 0 and r.get("eval_loss") is not None and math.isfinite(r["eval_loss"]):
+                steps.append(float(r["step"]))
+                loss.append(float(r["eval_loss"]))
+    if not steps:
+        return None
+    return Curve(name or os.path.basename(os.path.normpath(workdir)), float(summary["n_params_nonembedding"]),
+                 np.asarray(steps), np.asarray(loss), float(summary["batch_tokens"]))
+
+
+def bcrit_law(bcrit_record: dict | None) -> Callable | None:
+    """B_crit(L) = B*/L^(1/α_B) (Kaplan eq 5.3) from a noise/bcrit.json record; None when it has no fit."""
+    if not bcrit_record:
+        return None
+    b_star, alpha_b = bcrit_record.get("B_star"), bcrit_record.get("alpha_B")
+    if not (isinstance(b_star, (int, float)) and isinstance(alpha_b, (int, float)) and b_star > 0 and alpha_b > 0):
+        return None
+    return lambda loss: b_star / np.asarray(loss, dtype=np.float64) ** (1.0 / alpha_b)

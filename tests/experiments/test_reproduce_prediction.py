@@ -27,3 +27,18 @@ def test_fixed_s_form_predicts_a_larger_rung_of_a_fixed_step_ladder():
         assert rec["loss_pred_lo"] is None or rec["loss_pred_lo"] <= rec["loss_pred"]
         assert rec["loss_pred_hi"] is None or rec["loss_pred"] <= rec["loss_pred_hi"]
     assert set(fixed["fit_params"]) == {"N_c", "L_S", "alpha_N"}
+
+
+def test_full_preset_without_its_corpus_is_refused_naming_the_path(tmp_path):
+    import os
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, SCALING_SHARED_DATA=str(tmp_path / "nowhere"), JAX_PLATFORMS="cpu")
+    root = tmp_path / "root"
+    proc = subprocess.run([sys.executable, "-m", "experiments.reproduce", "--preset=full", f"--root={root}"],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"{tmp_path / 'nowhere'}/corpus/train-*.jsonl.xz matches no file" in proc.stderr
+    assert "SCALING_SHARED_DATA" in proc.stderr
+    assert not root.exists()   # nothing written

@@ -123,7 +123,8 @@ def test_report_ladder_only_root_says_what_was_not_measured_and_reruns(tmp_path)
         assert f"Not measured in this sweep: {why}" in text, why
     assert "**Measured: pending**" in section(text, "Predict, then verify")
     figures = sorted(os.listdir(root / "figures"))
-    assert figures == sorted(["ln.png", "lc.png", "per_position.png", "transfer.png", "sample_efficiency.png"])
+    assert figures == sorted(["ln.png", "ln_final.png", "lc.png", "per_position.png", "transfer.png",
+                              "sample_efficiency.png"])
     first = {name: (root / "fits" / name).read_text() for name in os.listdir(root / "fits")}
     run_report(root, "--bootstrap=10")  # idempotent: same outputs, replaced in place
     assert {name: (root / "fits" / name).read_text() for name in os.listdir(root / "fits")} == first
