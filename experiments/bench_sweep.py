@@ -11,6 +11,7 @@ executor (one `python -m experiments.train` per run). Figures:
                                     the summaries' flops_per_token_mfu) ÷ (in-process sweep wall time × the
                                     float32 matmul peak measured in this invocation)
   sweep_utilisation_subprocess      the same for the subprocess executor
+  sweep_utilisation_vs_best_peak    the in-process figure against the best peak ever measured on this machine
   sweep_speedup_vs_subprocess       subprocess wall time ÷ in-process wall time
   sweep_overhead_fraction           share of the in-process executor's wall time outside training steps:
                                     1 − Σ train_time_sec ÷ (wall × workers)
@@ -153,6 +154,10 @@ def run(previous: dict | None = None, tiny: bool = False) -> dict:
         "sweep_model_flops": fast["model_flops"],
         "sweep_peak_flops": float(peak),
     }
+    from scaling.train import mfu
+    best = mfu.read_cpu_peak() if not tiny else None
+    if best:   # the best peak ever measured on this machine (what the trainer's MFU uses): load only lowers it
+        out["sweep_utilisation_vs_best_peak"] = fast["model_flops"] / (fast["wall_s"] * max(best, float(peak)))
     if long_runs:
         out["sweep_overhead_fraction_runs_over_30s"] = 1.0 - sum(s["train_time_sec"] for s in long_runs) / sum(
             s["wall_time_sec"] for s in long_runs)

@@ -15,6 +15,7 @@ exactly the batches (and, on the same mesh, exactly the losses) of an uninterrup
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import math
@@ -171,6 +172,38 @@ def build_data(config: TrainConfig, n_ctx: int):
     return build()
 
 
+# Compiled steps (and jitted inits) of this process, keyed by everything that determines the program:
+# the runs of a sweep trained in one process (experiments/sweep_inprocess.py) that share a model shape,
+# optimizer, schedule, batch and mesh reuse them instead of tracing and compiling again. Least recently
+# used first out; a few entries (each holds an executable, not the run's state).
+_COMPILED: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
+COMPILED_CACHE_SIZE = 16
+# TrainConfig fields that do not enter the step, the eval step or the init program.
+_NOT_IN_PROGRAM = ("model", "data", "seed", "eval_every", "eval_max_windows", "log_every", "checkpoint_every",
+                   "keep_checkpoints", "async_checkpointing", "progress_bar", "max_skipped_steps",
+                   "noise_scale_ema_tokens", "noise_scale_skip_steps")
+
+
+def _cached(key: tuple, build: Callable[[], Any]) -> Any:
+    if key in _COMPILED:
+        _COMPILED.move_to_end(key)
+        return _COMPILED[key]
+    value = build()
+    _COMPILED[key] = value
+    while len(_COMPILED) > COMPILED_CACHE_SIZE:
+        _COMPILED.popitem(last=False)
+    return value
+
+
+def _optimizer_key(config: TrainConfig) -> str:
+    return repr(tuple((f.name, getattr(config, f.name)) for f in dataclasses.fields(config)
+                      if f.name not in _NOT_IN_PROGRAM))
+
+
+def _mesh_key(mesh, rules) -> tuple:
+    return (tuple(mesh.shape.items()), tuple(d.id for d in mesh.devices.flat), repr(rules))
+
+
 def setup(config: TrainConfig, *, data=None, devices: Sequence[jax.Device] | None = None) -> Run:
     if config.model is None:
         raise ValueError("TrainConfig.model is not set; include a model gin file (e.g. gin/models/cpu_55k.gin) "
@@ -224,8 +257,10 @@ def setup(config: TrainConfig, *, data=None, devices: Sequence[jax.Device] | Non
 
     abstract_state = jax.eval_shape(init_state, config.seed)
     # Parameters are created directly in their shards (no host copy of the full model). The init runs
-    # outside the mesh context: the shardings come from out_shardings.
-    jit_init = jax.jit(init_state, static_argnums=0, out_shardings=state_shardings)
+    # outside the mesh context: the shardings come from out_shardings. The jitted init is shared by the
+    # runs of one process with the same model, optimizer and mesh (the in-process sweep executor).
+    jit_init = _cached(("init", repr(model_config), _optimizer_key(config), _mesh_key(mesh, rules)),
+                       lambda: jax.jit(init_state, static_argnums=0, out_shardings=state_shardings))
 
     return Run(config=config, model_config=model_config, model=model, mesh=mesh, rules=rules,
                data=data, learning_rate=float(learning_rate),
@@ -235,8 +270,30 @@ def setup(config: TrainConfig, *, data=None, devices: Sequence[jax.Device] | Non
                param_counts=accounting.param_counts(abstract_params))
 
 
-def compile_steps(run: Run, with_eval: bool = True):
-    """AOT-compiles the train (and eval) steps inside the mesh/rules context; returns (train, eval, seconds)."""
+def compile_steps(run: Run, with_eval: bool = True, cache: bool = False):
+    """AOT-compiles the train (and eval) steps inside the mesh/rules context; returns (train, eval, seconds).
+
+    ``cache`` (what `train` uses): a run whose programs this process has already compiled (same model,
+    optimizer, schedule, batch and mesh: ``_optimizer_key``) gets those executables back (``_COMPILED``)."""
+    if not cache:
+        return _compile_steps(run, with_eval)
+    start = time.perf_counter()
+    mesh_key = _mesh_key(run.mesh, run.rules)
+    model_key = repr(run.model_config)
+    train_key = ("train", model_key, _optimizer_key(run.config), run.learning_rate, run.warmup_steps, mesh_key)
+    eval_key = ("eval", model_key, run.config.resolved_eval_batch_size, mesh_key)
+    hit = train_key in _COMPILED and (not with_eval or eval_key in _COMPILED)
+    if not hit:
+        train_compiled, eval_compiled, _ = _compile_steps(run, with_eval)
+        _cached(train_key, lambda: train_compiled)
+        if with_eval:
+            _cached(eval_key, lambda: eval_compiled)
+    train_compiled = _cached(train_key, lambda: None)
+    eval_compiled = _cached(eval_key, lambda: None) if with_eval else None
+    return train_compiled, eval_compiled, time.perf_counter() - start
+
+
+def _compile_steps(run: Run, with_eval: bool = True):
     config = run.config
     n_ctx = run.model_config.n_ctx
 
@@ -444,7 +501,7 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
     best_step = best["step"] if best else None
     last_eval = eval_records[-1] if eval_records else None
 
-    train_step, eval_step, compile_time = compile_steps(run)
+    train_step, eval_step, compile_time = compile_steps(run, cache=True)
     tb = metrics_lib.TensorBoard(os.path.join(workdir, "tensorboard")) if lead else None
     progress = metrics_lib.Progress(config.num_steps, start_step, enabled=config.progress_bar if lead else False)
     if start_step:
@@ -600,9 +657,13 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
                     # The first step of a session pays one-off costs: time from the next one.
                     flush()
                     window.update(start=time.perf_counter(), steps=0)
-                elif len(pending) > 1:
-                    # One step of lag: read step s-1's metrics while step s runs.
-                    process(*pending.pop(0))
+                elif len(pending) > config.log_every:
+                    # No host sync per step: the metrics of up to log_every steps wait on the device and are
+                    # read together (in step order, so the noise-scale EMA and the logs are unchanged), all
+                    # but the newest step, which still runs. A NaN/Inf is seen at the latest at the next log,
+                    # eval or checkpoint boundary (flush), before any checkpoint is written.
+                    while len(pending) > 1:
+                        process(*pending.pop(0))
                 at_log = step % config.log_every == 0 or step == config.num_steps
                 at_eval = step % config.eval_every == 0 or step == config.num_steps
                 at_ckpt = step % config.checkpoint_every == 0 or step == config.num_steps
