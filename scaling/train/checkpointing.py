@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from scaling import fileio
+from scaling.core import fileio
 
 CORRUPT_DIR = "checkpoints.corrupt"
 

@@ -16,7 +16,6 @@ exactly the batches (and, on the same mesh, exactly the losses) of an uninterrup
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -25,7 +24,6 @@ import time
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,16 +32,22 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import models
 from models import accounting
-from scaling import configurables, fileio
+from scaling.core import fileio, formulas, records
 from scaling.noise import estimator as noise_estimator, smoothing as noise_smoothing
 from scaling.train import checkpointing, distributed, metrics as metrics_lib, mfu as mfu_lib, optimizers, partitioning
 from scaling.train import eval as eval_lib, losses
 from scaling.train import config as config_lib
 from scaling.train.config import TrainConfig
 
-# Identical random init whatever the mesh: partitionable threefry draws the same numbers sharded
-# or not (the default in recent JAX; set explicitly so sharded and unsharded runs agree).
-jax.config.update("jax_threefry_partitionable", True)
+
+
+def configure_jax() -> None:
+    """Process-wide JAX settings the trainer relies on; setup() calls it (idempotent, never at import).
+
+    Identical random init whatever the mesh: partitionable threefry draws the same numbers sharded or not
+    (the default in recent JAX; set explicitly so sharded and unsharded runs agree).
+    """
+    jax.config.update("jax_threefry_partitionable", True)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -128,7 +132,7 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, schedu
 # --- set-up --------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
-class Run:
+class TrainSetup:
     """Everything built once per run from TrainConfig, data and devices."""
 
     config: TrainConfig
@@ -149,13 +153,16 @@ class Run:
     param_counts: dict
 
 
+def _default_data_config():
+    from data import pipeline  # pylint: disable=import-outside-toplevel
+    return pipeline.DataConfig()
+
+
 def build_data(config: TrainConfig, n_ctx: int):
-    """LMData for the run from TrainConfig.data (DataConfig; None = its gin-bound defaults)."""
+    """LMData for the run from TrainConfig.data (a DataConfig; None = DataConfig's defaults; the entry points
+    resolve gin's DataConfig.* bindings into TrainConfig.data: scaling.configurables.build_train_config)."""
     from data import pipeline  # data/ is imported lazily: tests may inject their own LMData
-    data_config = config.data
-    if data_config is None:
-        # The gin-registered class (scaling.configurables) applies the DataConfig.* bindings.
-        data_config = configurables.DataConfig()
+    data_config = config.data if config.data is not None else pipeline.DataConfig()
     build = lambda: pipeline.build_data(data_config, n_ctx=n_ctx, global_batch_size=config.batch_size,  # noqa: E731
                                         seed=config.seed, process_index=jax.process_index(),
                                         process_count=jax.process_count())
@@ -171,7 +178,8 @@ def build_data(config: TrainConfig, n_ctx: int):
     return build()
 
 
-def setup(config: TrainConfig, *, data=None, devices: Sequence[jax.Device] | None = None) -> Run:
+def setup(config: TrainConfig, *, data=None, devices: Sequence[jax.Device] | None = None) -> TrainSetup:
+    configure_jax()
     if config.model is None:
         raise ValueError("TrainConfig.model is not set; include a model gin file (e.g. gin/models/cpu_55k.gin) "
                          "or bind TrainConfig.model = @TransformerConfig()")
@@ -227,7 +235,7 @@ def setup(config: TrainConfig, *, data=None, devices: Sequence[jax.Device] | Non
     # outside the mesh context: the shardings come from out_shardings.
     jit_init = jax.jit(init_state, static_argnums=0, out_shardings=state_shardings)
 
-    return Run(config=config, model_config=model_config, model=model, mesh=mesh, rules=rules,
+    return TrainSetup(config=config, model_config=model_config, model=model, mesh=mesh, rules=rules,
                data=data, learning_rate=float(learning_rate),
                warmup_steps=warmup, schedule=schedule, tx=tx, abstract_state=abstract_state,
                state_shardings=state_shardings, batch_sharding=partitioning.batch_sharding(mesh, rules),
@@ -235,7 +243,7 @@ def setup(config: TrainConfig, *, data=None, devices: Sequence[jax.Device] | Non
                param_counts=accounting.param_counts(abstract_params))
 
 
-def compile_steps(run: Run, with_eval: bool = True):
+def compile_steps(run: TrainSetup, with_eval: bool = True):
     """AOT-compiles the train (and eval) steps inside the mesh/rules context; returns (train, eval, seconds)."""
     config = run.config
     n_ctx = run.model_config.n_ctx
@@ -311,35 +319,19 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _model_summary(run: Run) -> dict:
-    cfg = run.model_config
-    fpt = accounting.flops_per_token(cfg, convention="kaplan", mode="train", include_context=False)
-    fpt_ctx = accounting.flops_per_token(cfg, convention="kaplan", mode="train", include_context=True)
-    return {
-        "model_family": cfg.family,
-        "model": dataclasses.asdict(cfg),
-        "n_ctx": cfg.n_ctx,
-        "vocab_size": cfg.vocab_size,
-        # Kaplan N (formula: weight matrices of the blocks, no biases/LayerNorm) and the exact tree counts.
-        "n_params_nonembedding": run.n_nonembedding,
-        "n_params_nonembedding_exact": run.param_counts["nonembedding"],
-        "n_params_embedding": run.param_counts["embedding"],
-        "n_params_total": run.param_counts["total"],
-        "n_params_kaplan": accounting.params_for_convention(cfg, "kaplan"),
-        "n_params_chinchilla": accounting.params_for_convention(cfg, "chinchilla"),
-        "flops_per_token": fpt.flops,                      # Kaplan C ≈ 6N per token
-        "flops_per_token_with_context": fpt_ctx.flops,     # + 6·n_layer·n_ctx·d_attn
-        "flops_per_token_chinchilla": accounting.flops_per_token(cfg, "chinchilla", "train").flops,
-        "flops_per_token_mfu": accounting.mfu_flops_per_token(cfg),   # + unembedding 6·d·V: all matmuls
-        "flops_convention": fpt.convention,
-    }
+def _model_summary(run: TrainSetup) -> dict:
+    """accounting.model_summary (the config's N and FLOPs, as the sweep plans them) + the exact tree counts."""
+    return {**accounting.model_summary(run.model_config),
+            "n_params_nonembedding_exact": run.param_counts["nonembedding"],
+            "n_params_embedding": run.param_counts["embedding"],
+            "n_params_total": run.param_counts["total"]}
 
 
-def _write_config(workdir: str, run: Run) -> None:
+def _write_config(workdir: str, run: TrainSetup, operative: str | None) -> None:
+    """config.gin: the operative gin text the entry point parsed, else the resolved TrainConfig values."""
     if jax.process_index() != 0:
         return
-    operative = gin.operative_config_str()
-    if not operative.strip():
+    if not (operative or "").strip():
         operative = "# TrainConfig built in Python (no gin); resolved values:\n" + "\n".join(
             f"# {k} = {v!r}" for k, v in dataclasses.asdict(run.config).items())
     fileio.write_text_atomic(os.path.join(workdir, "config.gin"), operative)
@@ -347,21 +339,20 @@ def _write_config(workdir: str, run: Run) -> None:
 
 def _finished_summary(workdir: str, config: TrainConfig) -> dict | None:
     """The summary of a run in ``workdir`` that already reached config.num_steps, else None."""
-    path = os.path.join(workdir, "summary.json")
-    try:
-        with open(path) as f:
-            summary = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return summary if summary.get("steps", -1) >= config.num_steps else None
+    summary = records.read_summary(workdir)
+    return summary if records.is_finished(summary, config.num_steps) else None
 
 
 # --- the loop ------------------------------------------------------------------------------------
 
 def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax.Device] | None = None,
           after_checkpoint: Callable[[int], None] | None = None, overwrite: bool = False,
-          resume_changed_config: bool = False, from_scratch_if_corrupt: bool = False) -> dict:
+          resume_changed_config: bool = False, from_scratch_if_corrupt: bool = False,
+          operative_config: str | None = None) -> dict:
     """Trains (or resumes) the run in ``workdir``; returns its summary.
+
+    ``config`` is the whole run (the trainer reads no gin state); ``operative_config`` is the gin text it came
+    from, written to config.gin (scaling.configurables.build_train_config returns both).
 
     ``data`` (an LMData) and ``devices`` may be injected (tests); by default the data comes from
     TrainConfig.data and the mesh spans all devices. ``after_checkpoint(step)`` is called once a
@@ -377,7 +368,7 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
     wall_start = time.time()
     workdir = os.path.abspath(workdir)
     fingerprint_fields = config_lib.fingerprint_fields(
-        config, None if config.data is not None or data is not None else configurables.DataConfig())
+        config, None if config.data is not None or data is not None else _default_data_config())
     checkpointing.check_workdir(workdir, fingerprint_fields, overwrite=overwrite,
                                 resume_changed_config=resume_changed_config,
                                 structural=config_lib.FINGERPRINT_STRUCTURAL)
@@ -432,7 +423,7 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
             for log in (metrics_log, eval_log):
                 checkpointing.set_aside(log.path)  # a fresh start never erases an earlier log
                 fileio.write_text_atomic(log.path, "")
-    _write_config(workdir, run)
+    _write_config(workdir, run, operative_config)
     best = min(eval_records, key=lambda r: r["eval_loss"], default=None)
     best_loss = best["eval_loss"] if best else float("inf")
     best_step = best["step"] if best else None
@@ -460,7 +451,7 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
         rec = {"step": step, "tokens": step * batch_tokens, "eval_loss": result.loss,
                "eval_bpb": result.bits_per_byte, "loss_per_position": result.loss_per_position.tolist(),
                "eval_windows": result.n_windows,
-               "compute_pf_days": flops_per_token * step * batch_tokens / accounting.PF_DAY}
+               "compute_pf_days": formulas.pf_days(flops_per_token * step * batch_tokens)}
         for name, (extra_windows, extra_bpt) in (getattr(run.data, "extra_evals", None) or {}).items():
             if config.eval_max_windows:
                 extra_windows = extra_windows[:config.eval_max_windows]
@@ -536,7 +527,7 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
                "grad_norm": float(values["grad_norm"]), "tokens_per_sec": tokens_per_sec,
                "mfu": mfu_lib.mfu(mfu_flops_per_token, tokens_per_sec, peak),
                "step_time": elapsed / steps if steps else float("nan"),
-               "compute_pf_days": flops_per_token * step * batch_tokens / accounting.PF_DAY}
+               "compute_pf_days": formulas.pf_days(flops_per_token * step * batch_tokens)}
         if config.nonfinite == "skip":
             rec["skipped_steps"] = skips["total"]
         if window["gns"]:
@@ -647,7 +638,7 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
     else:
         tokens_per_sec = steps_timed * batch_tokens / session_train_time if session_train_time > 0 else float("nan")
     tokens = config.num_steps * batch_tokens
-    summary = {
+    summary = records.summary_record({
         "status": "finished",
         **model_info,
         "steps": config.num_steps,
@@ -660,13 +651,11 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
         "noise_scale_skip_steps": noise_skip if config.noise_scale else None,
         "noise_scale_ema_tokens": config.noise_scale_ema_tokens if config.noise_scale else None,
         "compute_flops": flops_per_token * tokens,
-        "compute_pf_days": flops_per_token * tokens / accounting.PF_DAY,
-        "compute_pf_days_with_context": model_info["flops_per_token_with_context"] * tokens / accounting.PF_DAY,
+        "compute_pf_days": formulas.pf_days(flops_per_token * tokens),
+        "compute_pf_days_with_context": formulas.pf_days(model_info["flops_per_token_with_context"] * tokens),
         "final_eval_loss": last_eval["eval_loss"],
         "final_eval_bpb": last_eval["eval_bpb"],
         "final_train_loss": last_loss,
-        # Bit-level identity of the final parameters (single process; the reliability tests compare it).
-        "params_sha256": checkpointing.params_sha256(state["params"]),
         "skipped_steps": skips["total"],
         "best_eval_loss": best_loss,
         "best_eval_step": best_step,
@@ -692,7 +681,7 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
         "data": getattr(run.data, "manifest", None),
         "epochs": config.num_steps * config.batch_size / run.data.train.windows_per_epoch
         if getattr(run.data.train, "windows_per_epoch", None) else None,
-    }
+    })
     if lead:
         metrics_log.close()
         eval_log.close()
@@ -701,17 +690,18 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
     return summary
 
 
-# --- gin entry point -----------------------------------------------------------------------------
+# --- test aid ------------------------------------------------------------------------------------
 
-parse_gin = configurables.parse_gin
-
-
-def train_from_gin(gin_files: Sequence[str], gin_params: Sequence[str], workdir: str, **kwargs) -> dict:
-    """Parses gin and trains (or resumes) the run in ``workdir``; returns its summary. In-process API."""
-    parse_gin(list(gin_files), list(gin_params))
+def checkpoint_params_sha256(config: TrainConfig, workdir: str, *, data=None,
+                             devices: Sequence[jax.Device] | None = None) -> tuple[int, str | None]:
+    """(step, sha256 of the parameters) of the latest good checkpoint in ``workdir``: the bit-level identity
+    of a run's final parameters, which the reliability tests compare. Not on the training path (it copies
+    every parameter to the host)."""
+    run = setup(config, data=data, devices=devices)
+    target = partitioning.abstract_with_shardings(run.abstract_state, run.state_shardings)
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
     try:
-        config = TrainConfig()
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"bad gin configuration: {e}") from None
-    return train(config, workdir, **kwargs)
-
+        step, state, _ = ckpt.restore_latest_good(target)
+    finally:
+        ckpt.close()
+    return step, checkpointing.params_sha256(state["params"])

@@ -1,6 +1,6 @@
-"""Benchmarks: `python -m experiments.bench [all|matmul|train|noise|data|fit|compile|memory|gpu ...] [--out=FILE.json]`.
+"""The benchmark suite behind `python -m experiments.bench [all|matmul|train|noise|data|fit|compile|memory|gpu ...] [--out=FILE.json]`.
 
-Each section lives in its own module `experiments/bench_<section>.py` exposing
+Each section lives in its own module `experiments/bench/<section>.py` exposing
 ``run(previous: dict, tiny: bool) -> dict`` that returns a flat dict of named figures (ratios are
 measured side by side in the same process). Sections run in the order given and see the figures of
 the sections before them (train divides by the matmul section's peak; data compares the loader with
@@ -8,7 +8,7 @@ the train section's consumption). ``all`` runs every section. The merged, flat J
 --out, a markdown table to FILE.md beside it and to stdout. ``--tiny`` runs every section at smoke-test
 sizes (the figures then mean nothing; the schema is the same).
 
-XLA CPU flags: experiments.bench_xla.configure() sets this project's defaults unless XLA_FLAGS is
+XLA CPU flags: experiments.bench.xla.configure() sets this project's defaults unless XLA_FLAGS is
 already set by the user.
 """
 from __future__ import annotations
@@ -20,13 +20,13 @@ import os
 import platform
 import sys
 
-from experiments import bench_xla
+from experiments.bench import xla as bench_xla
 
 bench_xla.configure()   # before jax initialises its CPU client
 
 from absl import app, flags  # noqa: E402
 
-from scaling import fileio  # noqa: E402
+from scaling.core import fileio  # noqa: E402
 
 SECTIONS = ("matmul", "train", "noise", "data", "fit", "compile", "memory", "gpu")
 RUNGS = ("small", "mid", "large")
@@ -171,7 +171,7 @@ def gpu_table(figures: dict) -> list[str]:
 def run_sections(names, tiny: bool = False) -> dict:
     figures = {**machine_info(), "bench_loadavg_start": "%.2f" % os.getloadavg()[0]}
     for name in names:
-        module = importlib.import_module(f"experiments.bench_{name}")
+        module = importlib.import_module(f"experiments.bench.{name}")
         print(f"== bench {name} ==", flush=True)
         result = module.run(dict(figures), tiny=tiny)
         for key, value in result.items():
@@ -208,6 +208,3 @@ def main(argv):
     print(table)
     print(f"wrote {out} and {md_path}")
 
-
-if __name__ == "__main__":
-    app.run(main)
