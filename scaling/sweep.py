@@ -38,6 +38,9 @@ Python API: ``expand(sweep_file)`` -> (SweepFile, [SweepRun]) with each run's pl
 (models.accounting.model_summary, as the trainer's summary.json writes them); ``select``; ``run_status``
 (finished by scaling.core.records.is_finished); ``collect_runs_csv(root)`` (columns:
 scaling.core.records.RUNS_CSV_*); ``write_sweep_json``.
+
+Size (~420 lines): most of it is validation with messages that name the sweep file, the block and the fix;
+the module docstring is the format's reference.
 """
 from __future__ import annotations
 
