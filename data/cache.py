@@ -23,6 +23,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import socket
 import sys
 import time
 import types
@@ -117,13 +118,66 @@ def _progress(desc: str):
     return tqdm(desc=desc, unit="B", unit_scale=True, file=sys.stderr, mininterval=1.0, dynamic_ncols=True)
 
 
+_HOST = socket.gethostname().replace("-", "_") or "host"
+STALE_TMP_SECONDS = 24 * 3600   # a temp dir this old is stale whoever made it (builds take minutes)
+
+
+def _tmp_owner(name: str) -> tuple[str | None, int | None]:
+    """(host, pid) of a ``<key>.tmp-<host>-<pid>-<hex>`` build dir (host None for the older <pid>-<hex>)."""
+    parts = name.rsplit(".tmp-", 1)[-1].split("-")
+    try:
+        if len(parts) == 3:
+            return parts[0], int(parts[1])
+        if len(parts) == 2:
+            return None, int(parts[0])
+    except ValueError:
+        pass
+    return None, None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True      # exists, owned by another user
+    return True
+
+
+def collect_stale_builds(parent: str, now: float | None = None) -> list[str]:
+    """Removes the temp dirs of builds that were killed (their process on this host is gone, or they are
+    over a day old); returns the removed paths. A build in progress (live pid) is left alone."""
+    removed = []
+    now = time.time() if now is None else now
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for name in names:
+        if ".tmp-" not in name:
+            continue
+        path = os.path.join(parent, name)
+        host, pid = _tmp_owner(name)
+        try:
+            age = now - os.path.getmtime(path)
+        except OSError:
+            continue
+        here = host == _HOST or (host is None and pid is not None)
+        if age > STALE_TMP_SECONDS or (here and pid is not None and not _alive(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 def build(path: str, documents: Iterable[str], encoder: vocab_lib.Encoder, description: dict,
-          num_workers: int = 1, desc: str = "tokenize") -> dict:
+          num_workers: int = 1, desc: str = "tokenize", what: str | None = None) -> dict:
     """Tokenizes ``documents`` into a new entry at ``path`` (atomic: temp dir, then rename)."""
     dtype = token_dtype(encoder.vocab_size)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    collect_stale_builds(parent)
+    tmp = f"{path}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     os.makedirs(tmp)
     n_docs = n_tokens = n_bytes = 0
     start = time.perf_counter()
@@ -159,8 +213,8 @@ def build(path: str, documents: Iterable[str], encoder: vocab_lib.Encoder, descr
             pool.join()
     if n_docs == 0:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise ValueError(f"empty corpus: {description.get('task')!r} split {description.get('split')!r} "
-                         "has no non-empty documents; check the corpus files")
+        where = what or f"{description.get('task')!r} split {description.get('split')!r}"
+        raise ValueError(f"empty corpus: {where} has no non-empty documents; check the corpus files")
     seconds = time.perf_counter() - start
     manifest = dict(format=FORMAT, description=description, dtype=dtype.name, n_documents=n_docs,
                     n_tokens=n_tokens, n_bytes=n_bytes, bytes_per_token=n_bytes / n_tokens,
@@ -178,7 +232,8 @@ def build(path: str, documents: Iterable[str], encoder: vocab_lib.Encoder, descr
 
 
 def get_or_build(cache_dir: str, description: dict, documents_fn: Callable[[], Iterable[str]],
-                 encoder: vocab_lib.Encoder, num_workers: int = 1, desc: str = "tokenize") -> TokenCache:
+                 encoder: vocab_lib.Encoder, num_workers: int = 1, desc: str = "tokenize",
+                 what: str | None = None) -> TokenCache:
     """Loads the entry for ``description`` or builds it; a stale or corrupt entry is rebuilt."""
     description = dict(description, format=FORMAT)
     path = os.path.join(cache_dir, "tokens", cache_key(description))
@@ -192,5 +247,5 @@ def get_or_build(cache_dir: str, description: dict, documents_fn: Callable[[], I
             reason = str(e)
         print(f"[data] rebuilding token cache {path}: {reason}", file=sys.stderr)
         shutil.rmtree(path)
-    build(path, documents_fn(), encoder, description, num_workers=num_workers, desc=desc)
+    build(path, documents_fn(), encoder, description, num_workers=num_workers, desc=desc, what=what)
     return TokenCache(path)

@@ -25,12 +25,24 @@ SHARED_DATA_DIR = os.environ.get("SCALING_SHARED_DATA", os.path.join(os.path.dir
 SUPPORTED_SUFFIXES = (".txt", ".jsonl", ".jsonl.xz", ".jsonl.gz", ".json.xz", ".json.gz")
 
 
+_XZ_MAGIC, _GZIP_MAGIC = b"\xfd7zXZ\x00", b"\x1f\x8b"
+
+
 def _open_binary(path: str):
-    """Opens a (possibly compressed) file for reading bytes; decoding is per line so errors name the line."""
-    if path.endswith(".xz"):
+    """Opens a (possibly compressed) file for reading bytes; decoding is per line so errors name the line.
+
+    The compression is recognised from the file's first bytes, not its name (a gzip file named .xz is
+    read as gzip); a .xz/.gz name over data that is neither is a corrupt compressed file.
+    """
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic.startswith(_XZ_MAGIC):
         return lzma.open(path, "rb")
-    if path.endswith(".gz"):
+    if magic.startswith(_GZIP_MAGIC):
         return gzip.open(path, "rb")
+    if path.endswith((".xz", ".gz")) and magic:
+        raise ValueError(f"{path}: corrupt compressed file (neither xz nor gzip data: starts with {magic[:6]!r}); "
+                         "re-download or re-compress it")
     return open(path, "rb")
 
 
@@ -41,10 +53,11 @@ def check_suffix(path: str) -> None:
             "(JSON Lines with one {\"text\": ...} object per line, or plain UTF-8 text = one document per file)")
 
 
-def expand_paths(patterns: Sequence[str], *, what: str = "corpus") -> list[str]:
+def expand_paths(patterns: Sequence[str], *, what: str = "corpus", hint: str = "") -> list[str]:
     """Expands glob patterns (relative to cwd) into a sorted, de-duplicated file list.
 
-    Raises FileNotFoundError naming the pattern when a pattern matches nothing.
+    Raises FileNotFoundError naming the pattern (and ``what``: the binding or corpus it came from) when a
+    pattern matches nothing; ``hint`` (e.g. where to download a registered corpus) is appended.
     """
     if isinstance(patterns, str):
         patterns = (patterns,)
@@ -55,9 +68,8 @@ def expand_paths(patterns: Sequence[str], *, what: str = "corpus") -> list[str]:
         pattern = os.path.expanduser(pattern)
         matched = sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
         if not matched:
-            raise FileNotFoundError(
-                f"{what} path {pattern!r} matches no file (cwd {os.getcwd()!r}); check the path, "
-                "or download the corpus (see data/corpora/*/SOURCE.md and ../shared/data/*/SOURCE.md)")
+            raise FileNotFoundError(f"{what} path {pattern!r} matches no file (cwd {os.getcwd()!r}); check the path"
+                                    + (f", or {hint}" if hint else ""))
         for path in matched:
             check_suffix(path)
             if path not in files:
@@ -94,7 +106,7 @@ def read_documents(path: str, text_key: str = "text") -> Iterator[str]:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg} at column {e.colno}); "
+                    raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg}; column {e.colno}); "
                                      "each line must be one JSON object like {\"text\": \"...\"}") from None
                 if not isinstance(record, dict) or not isinstance(record.get(text_key), str):
                     raise ValueError(f"{path}:{line_no}: expected a JSON object with a string field "
@@ -129,6 +141,13 @@ class LocalCorpus:
     splits: tuple[tuple[str, tuple[str, ...]], ...]   # (("train", (patterns...)), ("validation", ...))
     text_key: str = "text"
     description: str = ""
+    # (split, label) pairs naming where a split's patterns came from in error messages, e.g.
+    # ("validation", "DataConfig.validation_files"); default "<name> <split>".
+    labels: tuple[tuple[str, str], ...] = ()
+    hint: str = ""                                     # appended when a pattern matches no file
+
+    def label(self, split: str) -> str:
+        return dict(self.labels).get(split, f"{self.name} {split}")
 
     def patterns(self, split: str) -> tuple[str, ...]:
         for name, patterns in self.splits:
@@ -141,13 +160,19 @@ class LocalCorpus:
         return any(name == split for name, _ in self.splits)
 
     def files(self, split: str) -> list[str]:
-        return expand_paths(self.patterns(split), what=f"{self.name} {split}")
+        return expand_paths(self.patterns(split), what=self.label(split), hint=self.hint)
 
     def documents(self, split: str) -> Iterator[str]:
         return iter_documents(self.files(split), self.text_key)
 
     def fingerprint(self, split: str) -> str:
-        return "files:" + hash_files(self.files(split))
+        # The text key selects what is read from JSONL files, so it is part of the content identity
+        # (left out for the default "text", so existing fingerprints and caches stay valid).
+        key = "" if self.text_key == "text" else f"|text_key={self.text_key}"
+        return "files:" + hash_files(self.files(split)) + key
+
+
+_DOWNLOAD_HINT = "download the corpus (see data/corpora/*/SOURCE.md and ../shared/data/*/SOURCE.md)"
 
 
 def embedded(subdir: str, split_file: str) -> str:
@@ -158,19 +183,23 @@ BOOKS_MINI = LocalCorpus(
     "books_mini",
     (("train", (embedded("books-mini", "train-*.jsonl.xz"),)),
      ("validation", (embedded("books-mini", "validation-*.jsonl.xz"),))),
-    description="Project Gutenberg book excerpts (public domain), embedded: 4.6 MB train, 0.3 MB validation")
+    description="Project Gutenberg book excerpts (public domain), embedded: 4.6 MB train, 0.3 MB validation",
+    hint=_DOWNLOAD_HINT)
 WIKI_MINI = LocalCorpus(
     "wiki_mini",
     (("validation", (embedded("wiki-mini", "validation-*.jsonl.xz"),)),),
-    description="Wikipedia (WikiText) article excerpts, CC BY-SA 3.0, embedded; evaluation only")
+    description="Wikipedia (WikiText) article excerpts, CC BY-SA 3.0, embedded; evaluation only",
+    hint=_DOWNLOAD_HINT)
 BOOKS = LocalCorpus(
     "books",
     (("train", (os.path.join(SHARED_DATA_DIR, "corpus", "train-*.jsonl.xz"),)),
      ("validation", (os.path.join(SHARED_DATA_DIR, "corpus", "validation-*.jsonl.xz"),))),
-    description="Project Gutenberg books (public domain), ../shared/data/corpus: 117 MB train, 3.2 MB validation")
+    description="Project Gutenberg books (public domain), ../shared/data/corpus: 117 MB train, 3.2 MB validation",
+    hint=_DOWNLOAD_HINT)
 WIKI = LocalCorpus(
     "wiki",
     (("validation", (os.path.join(SHARED_DATA_DIR, "corpus-wiki", "validation-*.jsonl.xz"),)),),
-    description="Wikipedia (WikiText raw valid+test), ../shared/data/corpus-wiki, CC BY-SA 3.0; evaluation only")
+    description="Wikipedia (WikiText raw valid+test), ../shared/data/corpus-wiki, CC BY-SA 3.0; evaluation only",
+    hint=_DOWNLOAD_HINT)
 
 LOCAL_CORPORA = {c.name: c for c in (BOOKS_MINI, WIKI_MINI, BOOKS, WIKI)}

@@ -9,7 +9,9 @@ corpus (local files / TFDS, as a seqio Task, data/tasks.py)
 Importing this module is cheap (no TensorFlow); `build_data` imports seqio/TF via data/tasks.py.
 """
 import dataclasses
+import numbers
 import os
+import sys
 
 import numpy as np
 
@@ -39,6 +41,28 @@ class DataConfig:
     subset_seed: int = 0                  # seeds the global window order (keep fixed across a sweep)
     num_workers: int = 0                  # tokenizer processes; 0 = all available cores
     prefetch: int = 4                     # batches the background thread keeps ready
+
+    def __post_init__(self):
+        # A bare string is one pattern (gin: DataConfig.train_files = 'corpus/*.jsonl'), never its characters.
+        for name in ("train_files", "validation_files", "extra_eval_tasks"):
+            value = getattr(self, name)
+            if isinstance(value, (str, os.PathLike)):
+                object.__setattr__(self, name, (os.fspath(value),))
+            elif value is None:
+                object.__setattr__(self, name, ())
+            elif isinstance(value, (list, tuple)):
+                if not all(isinstance(v, (str, os.PathLike)) for v in value):
+                    raise ValueError(f"DataConfig.{name} must be a string or a tuple of strings, got {value!r}")
+                object.__setattr__(self, name, tuple(os.fspath(v) for v in value))
+            else:
+                raise ValueError(f"DataConfig.{name} must be a string or a tuple of strings, got {value!r}")
+        for name in ("vocab_size", "eval_tokens", "subset_seed", "num_workers", "prefetch", "vocab_training_chars",
+                     "data_budget_tokens", "max_train_documents", "max_eval_documents"):
+            value = getattr(self, name)
+            optional = name in ("data_budget_tokens", "max_train_documents", "max_eval_documents")
+            if (value is None and optional) or (isinstance(value, numbers.Real) and not isinstance(value, bool)):
+                continue
+            raise ValueError(f"DataConfig.{name} must be a number{' or None' if optional else ''}, got {value!r}")
 
 
 @dataclasses.dataclass
@@ -76,8 +100,6 @@ def _validate(config: DataConfig, n_ctx: int, global_batch_size: int) -> None:
                          "use None for the whole corpus")
     if config.eval_tokens < 1:
         raise ValueError(f"DataConfig.eval_tokens must be positive, got {config.eval_tokens}")
-    if isinstance(config.extra_eval_tasks, str):
-        raise ValueError("DataConfig.extra_eval_tasks must be a tuple of task names, e.g. ('wiki_mini',)")
 
 
 def _resolve_task(tasks, name: str, config: DataConfig) -> str:
@@ -86,12 +108,27 @@ def _resolve_task(tasks, name: str, config: DataConfig) -> str:
             raise ValueError("task 'local_files' needs DataConfig.train_files (and validation_files): glob "
                              "patterns of .txt/.jsonl/.jsonl.xz/.jsonl.gz files")
         task = tasks.local_files_task_name(config.train_files, config.validation_files, config.text_key)
-        return tasks.register_local_files_task(task, config.train_files, config.validation_files, config.text_key)
+        return tasks.register_local_files_task(task, config.train_files, config.validation_files, config.text_key,
+                                               labels={"train": "DataConfig.train_files",
+                                                       "validation": "DataConfig.validation_files"})
     if name.endswith(tuple(s for s in (".txt", ".jsonl", ".xz", ".gz"))):   # extra eval given as file pattern(s)
         task = tasks.local_files_task_name((), (name,), config.text_key)
-        return tasks.register_local_files_task(task, (), (name,), config.text_key)
+        return tasks.register_local_files_task(task, (), (name,), config.text_key,
+                                               labels={"validation": "DataConfig.extra_eval_tasks"})
     tasks.get_corpus(name)                 # unknown names fail here, listing the registered ones
     return tasks.canonical_name(name)
+
+
+def warn_batch_larger_than_data(global_batch_size: int, windows_per_epoch: int, n_ctx: int) -> bool:
+    """Warns (stderr) when one batch holds more windows than the training set: every step repeats
+    windows (several epochs per step), which is rarely intended. Returns whether it warned."""
+    if global_batch_size <= windows_per_epoch:
+        return False
+    print(f"[data] WARNING: the global batch ({global_batch_size} sequences) is larger than the training set "
+          f"({windows_per_epoch} windows of {n_ctx} tokens within DataConfig.data_budget_tokens / the corpus): "
+          f"every step sees each window {global_batch_size / windows_per_epoch:.1f} times; use a larger corpus or "
+          f"D, or a smaller TrainConfig.batch_size", file=sys.stderr, flush=True)
+    return True
 
 
 def build_data(config: DataConfig, *, n_ctx: int, global_batch_size: int, seed: int,
@@ -109,6 +146,11 @@ def build_data(config: DataConfig, *, n_ctx: int, global_batch_size: int, seed: 
         raise ValueError(f"task {config.task!r} has no validation split for the held-out eval set; "
                          "give DataConfig.validation_files (held-out documents)")
     data_dir = config.tfds_data_dir
+    # Every input is checked before anything is tokenized: the validation files and the extra eval
+    # tasks too, so a typo there does not cost a tokenization of the train split first.
+    extra_names = {extra: _resolve_task(tasks, extra, config) for extra in config.extra_eval_tasks}
+    for name, split in [(task, "train"), (task, "validation")] + [(n, "validation") for n in extra_names.values()]:
+        tasks.check_inputs(name, split, data_dir=data_dir)
     train_fp = tasks.fingerprint(task, "train", data_dir=data_dir)
     train_source = f"{train_fp}|first{config.max_train_documents}"
 
@@ -127,27 +169,30 @@ def build_data(config: DataConfig, *, n_ctx: int, global_batch_size: int, seed: 
     token_bytes = encoder.token_bytes()
 
     def split_cache(name: str, split: str, fp: str, docs_fn, max_docs):
-        description = dict(task=name, split=split, corpus=fp, max_documents=max_docs, vocabulary=vocab_fp)
+        # Keyed on the content (corpus fingerprint) and vocabulary, not on the other split's patterns.
+        description = dict(task=tasks.cache_name(name), split=split, corpus=fp, max_documents=max_docs,
+                           vocabulary=vocab_fp)
         return cache_lib.get_or_build(cache_dir, description, docs_fn, encoder, num_workers=workers,
-                                      desc=f"tokenize {name}/{split}")
+                                      desc=f"tokenize {tasks.label(name, split)}", what=tasks.label(name, split))
 
     train_cache = split_cache(task, "train", train_fp, train_docs, config.max_train_documents)
     train = TrainLoader(train_cache.tokens, n_ctx=n_ctx, global_batch_size=global_batch_size, seed=seed,
                         data_budget_tokens=config.data_budget_tokens, subset_seed=config.subset_seed,
                         process_index=process_index, process_count=process_count, prefetch=config.prefetch)
+    warn_batch_larger_than_data(global_batch_size, train.windows_per_epoch, n_ctx)
 
     def eval_set(name: str):
         fp = tasks.fingerprint(name, "validation", data_dir=data_dir)
         docs_fn = lambda: tasks.documents(name, "validation", data_dir=data_dir,  # noqa: E731
                                           max_documents=config.max_eval_documents)
         entry = split_cache(name, "validation", fp, docs_fn, config.max_eval_documents)
-        windows = loader_lib.eval_windows(entry.tokens, n_ctx, config.eval_tokens, what=f"{name} validation")
+        windows = loader_lib.eval_windows(entry.tokens, n_ctx, config.eval_tokens,
+                                          what=tasks.label(name, "validation"))
         return entry, windows, loader_lib.bytes_per_token(windows, token_bytes), fp
 
     val_cache, eval_windows, eval_bpt, val_fp = eval_set(task)
     extra_evals, extra_manifest = {}, {}
-    for extra in config.extra_eval_tasks:
-        name = _resolve_task(tasks, extra, config)
+    for extra, name in extra_names.items():
         entry, windows, bpt, fp = eval_set(name)
         extra_evals[extra] = (windows, bpt)
         extra_manifest[extra] = dict(task=name, corpus_hash=fp, tokens=entry.n_tokens, documents=entry.manifest["n_documents"],

@@ -138,6 +138,34 @@ def has_split(name: str, split: str) -> bool:
     return get_corpus(name).has_split(split)
 
 
+def label(name: str, split: str) -> str:
+    """How errors name a task's split: the binding its files came from (DataConfig.validation_files) for
+    local-files tasks, else "<task> <split>"."""
+    corpus = get_corpus(name)
+    return corpus.label(split) if isinstance(corpus, corpora.LocalCorpus) else f"{name} {split}"
+
+
+def cache_name(name: str) -> str:
+    """The task name the token cache is keyed on. Local-files tasks are named after all their patterns
+    (train and validation); their caches are keyed on the content fingerprint instead, so changing the
+    validation files never re-tokenizes the train split."""
+    corpus = get_corpus(name)
+    if isinstance(corpus, corpora.LocalCorpus) and name.startswith("local_files_"):
+        return "local_files"
+    return canonical_name(name)
+
+
+def check_inputs(name: str, split: str, *, data_dir: str | None = None) -> None:
+    """Fails fast (naming the binding) if a split's files are missing / unreadable or a TFDS set is absent."""
+    corpus = get_corpus(name)
+    if not corpus.has_split(split):
+        raise ValueError(f"task {name!r} has no {split!r} split; it has {[s for s, _ in corpus.splits]}")
+    if isinstance(corpus, corpora.LocalCorpus):
+        corpus.files(split)
+    else:
+        corpus.builder(data_dir)
+
+
 # --- seqio registration ---------------------------------------------------------------------------
 
 def _local_source(corpus: corpora.LocalCorpus) -> seqio.DataSource:
@@ -177,15 +205,24 @@ def _register(name: str, corpus) -> None:
                            output_features=_output_features(seqio.ByteVocabulary()))
 
 
+def _patterns(files) -> tuple[str, ...]:
+    """A bare string is one pattern, not a sequence of one-character patterns."""
+    return (files,) if isinstance(files, str) else tuple(files or ())
+
+
 def register_local_files_task(name: str, train_files: Sequence[str] = (), validation_files: Sequence[str] = (),
-                              text_key: str = "text") -> str:
-    """Registers (or replaces) a task over local .txt/.jsonl(.xz/.gz) files; returns its name."""
-    splits = tuple((s, tuple(files)) for s, files in (("train", train_files), ("validation", validation_files))
-                   if files)
+                              text_key: str = "text", labels: dict | None = None) -> str:
+    """Registers (or replaces) a task over local .txt/.jsonl(.xz/.gz) files; returns its name.
+
+    ``labels`` ({split: "DataConfig.train_files", ...}) names where the patterns came from in errors.
+    """
+    splits = tuple((s, _patterns(files)) for s, files in (("train", train_files), ("validation", validation_files))
+                   if _patterns(files))
     if not splits:
         raise ValueError(f"local files task {name!r} needs train_files and/or validation_files "
                          "(glob patterns of .txt/.jsonl/.jsonl.xz/.jsonl.gz files)")
-    CORPORA[name] = corpora.LocalCorpus(name, splits, text_key=text_key, description="local files")
+    CORPORA[name] = corpora.LocalCorpus(name, splits, text_key=text_key, description="local files",
+                                        labels=tuple((labels or {}).items()))
     _register(name, CORPORA[name])
     return name
 
@@ -199,7 +236,7 @@ def register_tfds_task(name: str, tfds_name: str, splits: dict, text_key: str = 
 
 
 def local_files_task_name(train_files: Sequence[str], validation_files: Sequence[str], text_key: str) -> str:
-    blob = repr((tuple(train_files), tuple(validation_files), text_key)).encode()
+    blob = repr((_patterns(train_files), _patterns(validation_files), text_key)).encode()
     return "local_files_" + hashlib.sha256(blob).hexdigest()[:10]
 
 

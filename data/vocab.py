@@ -17,7 +17,7 @@ import hashlib
 import io
 import json
 import os
-import tempfile
+import uuid
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -102,8 +102,10 @@ def train_or_load_spm(documents_fn, *, corpus_fingerprint: str, vocab_size: int,
                          "check the corpus files")
     model = _train_spm(paragraphs, vocab_size)
     os.makedirs(vocab_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=vocab_dir, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
+    # A unique temporary name opened with open(): the file gets the umask's permissions like every other
+    # output (mkstemp would make it 0600, unreadable to the rest of a group sharing the cache).
+    tmp = os.path.join(vocab_dir, f".{os.path.basename(path)}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "xb") as f:
         f.write(model)
     os.replace(tmp, path)
     return path

@@ -23,7 +23,9 @@ import hashlib
 import json
 import os
 import shutil
+import re
 import sys
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -35,6 +37,9 @@ import orbax.checkpoint as ocp
 from scaling.core import fileio
 
 CORRUPT_DIR = "checkpoints.corrupt"
+# Written beside checkpoints/ when no checkpoint restores; while it exists (and still nothing restores)
+# every start is refused, so the next identical command does not silently train from step 0.
+REFUSAL_FILE = "no_good_checkpoint.json"
 
 
 class CheckpointWriteError(OSError):
@@ -138,8 +143,13 @@ def params_sha256(params: Any) -> str | None:
 class Checkpointer:
     """keep-last-n, async orbax CheckpointManager under ``<workdir>/checkpoints``."""
 
-    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
+    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True,
+                 data_identity: dict | None = None, resume_changed_config: bool = False):
         self.directory = os.path.abspath(directory)
+        # The corpus / vocabulary hashes of this run (data_identity()): stored in every checkpoint's
+        # record and compared on restore, so a checkpoint never resumes onto other data.
+        self.data_identity = dict(data_identity or {})
+        self.resume_changed_config = resume_changed_config
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             # The trainer decides when to save (every k steps, at the end, on SIGTERM).
@@ -170,6 +180,8 @@ class Checkpointer:
                                       f"the last good checkpoint is step {self._last_durable} in {self.directory}")
         self.wait()  # an error of the previous async save surfaces here, naming its step
         record = dict(record, state_checksum=checksum)
+        if self.data_identity:
+            record["data_identity"] = self.data_identity
         try:
             self.manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)), force=True)
@@ -242,18 +254,71 @@ class Checkpointer:
                 failures.append((step, error))
                 self.discarded_steps.append(step)
                 continue
+            self._check_data_identity(step, record)
+            self._clear_refusal()
             return step, state, record
         if not failures:
-            return None
+            # The corrupt steps of an earlier session were moved aside: the refusal persists until the
+            # user chooses (--from_scratch_if_corrupt, or --overwrite, which moves the marker away).
+            refused = self._refusal()
+            if refused is None:
+                return None
+            failures = [(s, e) for s, e in refused.get("failures", [])]
         listed = "; ".join(f"step {s}: {e}" for s, e in failures)
         if allow_fresh_start:
             warn(f"WARNING: no checkpoint in {self.directory} could be restored ({listed}); starting from "
                  f"scratch as requested (the corrupt ones are in {CORRUPT_DIR}/)")
+            self._clear_refusal()
             return None
+        self._record_refusal(failures)
         raise NoGoodCheckpointError(
             f"no checkpoint in {self.directory} can be restored ({listed}); they were moved to "
-            f"{os.path.join(os.path.dirname(self.directory), CORRUPT_DIR)}. Refusing to start over silently: rerun "
-            f"with --from_scratch_if_corrupt (train(..., from_scratch_if_corrupt=True)) to train from step 0")
+            f"{os.path.join(os.path.dirname(self.directory), CORRUPT_DIR)}. Refusing to start over silently "
+            f"(this is repeated until you choose): rerun with --from_scratch_if_corrupt "
+            f"(train(..., from_scratch_if_corrupt=True)) to train from step 0, or with --overwrite to move the "
+            f"old outputs aside")
+
+    # --- persistent refusal (a marker beside checkpoints/) ---
+
+    @property
+    def refusal_path(self) -> str:
+        return os.path.join(os.path.dirname(self.directory), REFUSAL_FILE)
+
+    def _refusal(self) -> dict | None:
+        try:
+            with open(self.refusal_path) as f:
+                record = json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            record = {}
+        return record if isinstance(record, dict) else {}
+
+    def _record_refusal(self, failures: list) -> None:
+        if jax.process_index() != 0:
+            return
+        fileio.write_json_atomic(self.refusal_path, {
+            "failures": [[s, e] for s, e in failures], "directory": self.directory,
+            "since": (self._refusal() or {}).get("since") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+
+    def _clear_refusal(self) -> None:
+        if jax.process_index() == 0 and os.path.exists(self.refusal_path):
+            os.remove(self.refusal_path)
+
+    def _check_data_identity(self, step: int, record: dict) -> None:
+        saved = record.get("data_identity")
+        if not saved or not self.data_identity or saved == self.data_identity:
+            return  # checkpoints written before data identities were recorded are accepted
+        changed = sorted(k for k in set(saved) | set(self.data_identity) if saved.get(k) != self.data_identity.get(k))
+        blocking = [k for k in changed if k.startswith(DATA_IDENTITY_STRUCTURAL)] if self.resume_changed_config \
+            else changed
+        if blocking:
+            diff = "; ".join(f"{k}: {saved.get(k, '<unset>')!r} -> {self.data_identity.get(k, '<unset>')!r}"
+                             for k in changed)
+            raise WorkdirConfigError(
+                f"checkpoint step {step} in {self.directory} was trained on other data ({diff}); refusing to "
+                f"resume it onto this corpus/vocabulary: rerun with --overwrite to move the old outputs aside "
+                f"and start fresh, or pick another --workdir")
 
     def close(self) -> None:
         self.wait()
@@ -267,6 +332,83 @@ FINGERPRINT_FILE = "run_fingerprint.json"
 
 class WorkdirConfigError(ValueError):
     """The workdir holds a run with a different configuration (refused unless overwrite)."""
+
+
+class WorkdirNotWritableError(ValueError):
+    """The workdir (or the directory it would be created in) cannot be written: refused before any setup."""
+
+
+# --- what data a run was trained on ----------------------------------------------------------------
+
+# Fingerprint keys (beside config.fingerprint_fields) naming the data's content, from LMData.manifest:
+# the train and validation corpus hashes (file contents, or TFDS name/split/size) and the vocabulary
+# hash (the SentencePiece model file's sha256, or the byte vocabulary). The DataConfig fields alone
+# name file *patterns*: a shard added to a glob trains a new vocabulary under the same config.
+DATA_IDENTITY_PREFIX = "data_identity."
+DATA_IDENTITY_KEYS = (("corpus_hash_train", "data_identity.corpus_train"),
+                      ("corpus_hash_validation", "data_identity.corpus_validation"),
+                      ("vocab_hash", "data_identity.vocabulary"))
+# A different vocabulary makes the saved embedding rows mean other tokens: refused even with
+# --resume_changed_config (a changed corpus under the same vocabulary is accepted with it).
+DATA_IDENTITY_STRUCTURAL = ("data_identity.vocabulary",)
+
+
+def data_identity(data: Any) -> dict:
+    """{data_identity.<name>: hash} from an LMData's manifest (empty for data without hashes, e.g. tests')."""
+    manifest = getattr(data, "manifest", None) or {}
+    return {key: manifest[name] for name, key in DATA_IDENTITY_KEYS if manifest.get(name) is not None}
+
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def local_workdir(path: str, what: str = "workdir") -> str:
+    """The absolute local path of a run directory; a URL (gs://, s3://, ...) is refused.
+
+    The trainer needs POSIX semantics there (atomic os.replace of logs, flock of sweep roots,
+    os.path arithmetic): object storage is not supported. Train into a local or network filesystem
+    (NFS, Filestore, Lustre) and copy the results to the bucket afterwards.
+    """
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise WorkdirNotWritableError(f"{what} must be a directory path, got {path!r}")
+    path = os.fspath(path)
+    if _URL.match(path):
+        raise WorkdirNotWritableError(
+            f"{what} {path!r} is a URL: object storage (gs://, s3://, ...) is not supported as a {what} (the "
+            f"trainer needs a POSIX filesystem: atomic renames, file locks); use a local or network-mounted "
+            f"directory (NFS, Filestore, Lustre; a bucket mounted with gcsfuse is not enough) and copy the "
+            f"results to the bucket afterwards")
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def check_writable(workdir: str) -> None:
+    """Refuses a workdir that cannot be written (or created), naming the directory, before any setup.
+
+    Probes by creating and removing a file (permission bits say nothing for root, nor for read-only
+    mounts) in the workdir (and its checkpoints/ if present), or in the nearest existing ancestor
+    when the workdir does not exist yet (nothing is created then).
+    """
+    probe = workdir
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise WorkdirNotWritableError(f"cannot create workdir {workdir}: {probe} is not a directory; "
+                                      f"pass another --workdir")
+    targets = [probe] + [p for p in (os.path.join(workdir, "checkpoints"),) if probe == workdir and os.path.isdir(p)]
+    for directory in targets:
+        try:
+            fd, name = tempfile.mkstemp(dir=directory, prefix=".write-test-")
+            os.close(fd)
+            os.remove(name)
+        except OSError as e:
+            where = f"workdir {workdir}" if directory == workdir else (
+                f"{directory} (inside workdir {workdir})" if directory.startswith(workdir) else
+                f"{directory} (where workdir {workdir} would be created)")
+            raise WorkdirNotWritableError(f"cannot write to {where}: {e.strerror or e}; fix its permissions "
+                                          f"or pass another --workdir (nothing was started)") from None
 
 
 def fingerprint(fields: dict) -> str:
@@ -294,27 +436,38 @@ def check_workdir(workdir: str, fields: dict, *, overwrite: bool = False,
     """
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise WorkdirConfigError(f"workdir {workdir} exists and is not a directory; pass another --workdir")
+    check_writable(workdir)
     path = os.path.join(workdir, FINGERPRINT_FILE)
     if overwrite or not os.path.exists(path):
         return
     try:
         with open(path) as f:
             owner = json.load(f)
-        old = owner["config"]
+        old = dict(owner["config"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise WorkdirConfigError(f"{path} is unreadable ({e}); it records which configuration owns the "
                                  f"workdir. Rerun with --overwrite to move the old outputs aside and start "
                                  f"fresh") from None
+    # The data identity is known only once the data is built (the trainer checks twice: before and after
+    # setup). Before, or for a workdir written before identities were recorded, compare the rest.
+    has_identity = lambda d: any(k.startswith(DATA_IDENTITY_PREFIX) for k in d)  # noqa: E731
+    if not has_identity(fields) or not has_identity(old):
+        old = {k: v for k, v in old.items() if not k.startswith(DATA_IDENTITY_PREFIX)}
+        fields = {k: v for k, v in fields.items() if not k.startswith(DATA_IDENTITY_PREFIX)}
     if fingerprint(old) == fingerprint(fields):
         return
     diff = _describe_diff(old, fields)
     changed = [k for k in set(old) | set(fields) if old.get(k) != fields.get(k)]
+    structural = tuple(structural) + DATA_IDENTITY_STRUCTURAL
     blocking = [k for k in changed if k.startswith(structural)] if resume_changed_config else changed
     if blocking:
-        hint = ("these settings change the shape of the saved state, so it cannot be resumed; "
-                if resume_changed_config else
-                "rerun with --overwrite to move the old outputs aside (kept under previous-<time>/) and "
-                "start fresh, use --resume_changed_config to resume it with changed hyperparameters, or ")
+        data_changed = any(k.startswith(DATA_IDENTITY_PREFIX) for k in blocking)
+        cause = ("the corpus files or the vocabulary trained on them changed (e.g. a file added to a glob "
+                 "trains a new vocabulary); " if data_changed else "")
+        hint = cause + ("these settings change the shape of the saved state, so it cannot be resumed; "
+                        if resume_changed_config else
+                        "rerun with --overwrite to move the old outputs aside (kept under previous-<time>/) and "
+                        "start fresh, use --resume_changed_config to resume it with changed hyperparameters, or ")
         raise WorkdirConfigError(
             f"workdir {workdir} belongs to a run with a different configuration ({'; '.join(diff)}); "
             f"refusing to mix two runs in one workdir: {hint}pick another --workdir")

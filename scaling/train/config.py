@@ -7,6 +7,7 @@ dataclasses plus the data; the operative config is written to ``config.gin`` in 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any
 
 import gin
@@ -89,12 +90,38 @@ class TrainConfig:
     def __post_init__(self):
         def positive(name):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            # bool is an int subclass: num_steps=True would silently mean 1.
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"TrainConfig.{name} must be a positive int, got {value!r}")
+
+        def number(name, optional=False):
+            value = getattr(self, name)
+            if value is None and optional:
+                return
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ValueError(f"TrainConfig.{name} must be a number{' (or None)' if optional else ''}, "
+                                 f"got {value!r} ({type(value).__name__})")
+
+        def integer(name, optional=False):
+            value = getattr(self, name)
+            if value is None and optional:
+                return
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"TrainConfig.{name} must be an int{' (or None)' if optional else ''}, "
+                                 f"got {value!r} ({type(value).__name__})")
 
         for name in ("batch_size", "num_steps", "microbatches", "eval_every", "log_every",
                      "checkpoint_every", "keep_checkpoints", "max_skipped_steps"):
             positive(name)
+        for name in ("learning_rate",):
+            number(name, optional=True)
+        for name in ("decay_fraction", "final_lr_fraction", "beta1", "beta2", "eps", "weight_decay", "grad_clip",
+                     "noise_scale_ema_tokens"):
+            number(name)
+        for name in ("seed", "adafactor_min_dim_to_factor"):
+            integer(name)
+        for name in ("warmup_steps", "noise_scale_skip_steps", "eval_batch_size", "eval_max_windows"):
+            integer(name, optional=True)
         if self.nonfinite not in NONFINITE:
             raise ValueError(f"TrainConfig.nonfinite={self.nonfinite!r}; choose one of {NONFINITE}")
         if self.optimizer not in OPTIMIZERS:

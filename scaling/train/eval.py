@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from scaling.train import losses
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalResult:
@@ -25,14 +27,36 @@ class EvalResult:
     n_windows: int
 
 
-def make_eval_step(apply_fn: Callable) -> Callable:
-    """(params, windows [E, n_ctx+1], weights [E]) -> (weighted loss sum per position [n_ctx], weight sum)."""
+def make_eval_step(apply_fn: Callable, loss_chunk_length: int = 0) -> Callable:
+    """(params, windows [E, n_ctx+1], weights [E]) -> (weighted loss sum per position [n_ctx], weight sum).
+
+    ``loss_chunk_length`` > 0 (TrainConfig.loss_chunk_length) forms the logits from the model's
+    features and unembedding one slice of that many positions at a time, as the training loss does
+    (losses.chunked_cross_entropy), so evaluation never holds the whole [E, n_ctx, V] logits either.
+    """
+
+    def nll_sums(logits, targets, weights):
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+        return jnp.sum(nll * weights[:, None], axis=0)
 
     def eval_step(params, windows, weights):
         inputs, targets = windows[:, :-1], windows[:, 1:]
-        logits = apply_fn(params, inputs)
-        nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
-        return jnp.sum(nll * weights[:, None], axis=0), jnp.sum(weights)
+        if not loss_chunk_length:
+            return nll_sums(apply_fn(params, inputs), targets, weights), jnp.sum(weights)
+        features, unembedding = apply_fn(params, inputs, features_only=True)
+        batch, length, d_model = features.shape
+        losses.check_chunk_length(loss_chunk_length, length)
+        n_chunks = length // loss_chunk_length
+        f = jnp.swapaxes(features.reshape(batch, n_chunks, loss_chunk_length, d_model), 0, 1)
+        t = jnp.swapaxes(targets.reshape(batch, n_chunks, loss_chunk_length), 0, 1)
+
+        def body(carry, xs):
+            f_slice, t_slice = xs
+            logits = jnp.einsum("bcd,vd->bcv", f_slice, unembedding.astype(f_slice.dtype))
+            return carry, nll_sums(logits, t_slice, weights)
+
+        _, per_slice = jax.lax.scan(body, None, (f, t))        # [n_chunks, chunk]
+        return per_slice.reshape(length), jnp.sum(weights)
 
     return eval_step
 
@@ -55,12 +79,13 @@ def evaluate(eval_step, params, windows: np.ndarray, bytes_per_token: float, bat
     """Runs the compiled ``eval_step`` over all ``windows``; ``put`` places a host batch on the mesh."""
     if len(windows) == 0:
         raise ValueError("evaluate: no held-out windows; raise DataConfig.eval_tokens or use a longer validation split")
-    position_sums = np.zeros(windows.shape[1] - 1, np.float64)
-    count = 0.0
-    for rows, weights in padded_batches(np.asarray(windows, np.int32), batch_size):
-        sums, n = eval_step(params, *put(rows, weights))
-        position_sums += np.asarray(jax.device_get(sums.addressable_data(0)), np.float64)
-        count += float(jax.device_get(n.addressable_data(0)))
+    # The steps are dispatched back to back; their (replicated) results are fetched once at the end,
+    # not after every batch (each fetch would wait for its step and stall the dispatch).
+    results = [eval_step(params, *put(rows, weights))
+               for rows, weights in padded_batches(np.asarray(windows, np.int32), batch_size)]
+    fetched = jax.device_get([(sums.addressable_data(0), n.addressable_data(0)) for sums, n in results])
+    position_sums = np.sum([np.asarray(sums, np.float64) for sums, _ in fetched], axis=0)
+    count = float(sum(float(n) for _, n in fetched))
     per_position = position_sums / count
     loss = float(per_position.mean())
     bpb = loss / math.log(2) / bytes_per_token if bytes_per_token and bytes_per_token > 0 else float("nan")

@@ -71,6 +71,15 @@ class TensorBoard:
         self.writer.close()
 
 
+def _terminal_size() -> tuple[int, int] | None:
+    """(columns, rows) of stderr's terminal, or None when it reports a zero (or no) size."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        size = shutil.get_terminal_size((0, 0))
+    return (size.columns, size.lines) if size.columns > 0 and size.lines > 0 else None
+
+
 class Progress:
     """A terminal progress bar (tqdm) with loss, tokens/s and ETA; plain log lines when not a terminal."""
 
@@ -78,11 +87,12 @@ class Progress:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self.total = total
         self.bar = None
-        if self.enabled:
+        if self.enabled and _terminal_size() is not None:
             from tqdm import tqdm
-            # A terminal that reports 0 columns (some ptys) falls back to 100.
-            columns = shutil.get_terminal_size((100, 20)).columns or 100
+            columns, _ = _terminal_size()
             self.bar = tqdm(total=total, initial=initial, unit="step", ncols=columns, file=sys.stderr)
+        # A terminal that reports 0 columns or 0 rows (some ptys, serial consoles, CI runners): tqdm
+        # would draw nothing visible, so the plain log lines are printed instead of a bar.
         self._start = time.time()
         self._start_step = initial
 

@@ -64,9 +64,40 @@ def make_schedule(kind: str, peak: float, num_steps: int, warmup_steps: int, *,
     return schedule
 
 
-def _decay_mask(params):
-    # Decoupled weight decay on matrices only: biases, LayerNorm and other vectors are left alone.
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+# Decoupled weight decay is applied by parameter *name*, not rank: with nn.scan over layers every bias
+# and LayerNorm scale gains a leading [n_layer] axis, and the attention's qkv bias is [3, heads, head_dim],
+# so a rank test (ndim >= 2) decays them. Decayed: weight matrices (flax "kernel"; the LSTM's
+# "input_kernel" / "recurrent_kernel") and, as a documented choice (GPT-2 / nanoGPT practice), the token
+# and position embeddings ("embedding", "wpe"; the tied unembedding is the token embedding). Not decayed:
+# "bias" and LayerNorm "scale". Any other name is an error, so a new family states its choice here.
+DECAYED_NAMES = frozenset({"kernel", "input_kernel", "recurrent_kernel", "embedding", "wpe"})
+NOT_DECAYED_NAMES = frozenset({"bias", "scale"})
+
+
+def _leaf_name(path) -> str:
+    last = path[-1]
+    for attr in ("key", "name", "idx"):
+        if hasattr(last, attr):
+            return str(getattr(last, attr))
+    return str(last)
+
+
+def decay_mask(params):
+    """True for the parameters weight decay applies to (see DECAYED_NAMES), by path; same tree as params."""
+    def decide(path, _):
+        name = _leaf_name(path)
+        if name in DECAYED_NAMES:
+            return True
+        if name in NOT_DECAYED_NAMES:
+            return False
+        raise ValueError(f"weight decay mask: parameter {jax.tree_util.keystr(path)} is neither a kernel / "
+                         f"embedding ({sorted(DECAYED_NAMES)}) nor a bias / LayerNorm scale "
+                         f"({sorted(NOT_DECAYED_NAMES)}); add its name to one of the sets in "
+                         f"scaling/train/optimizers.py")
+    return jax.tree_util.tree_map_with_path(decide, params)
+
+
+_decay_mask = decay_mask
 
 
 def make_optimizer(config: TrainConfig, schedule: Schedule) -> optax.GradientTransformation:

@@ -263,7 +263,7 @@ def compile_steps(run: TrainSetup, with_eval: bool = True):
         out_shardings=(run.state_shardings, replicated),
         donate_argnums=0)
     eval_step = jax.jit(
-        eval_lib.make_eval_step(apply_fn),
+        eval_lib.make_eval_step(apply_fn, config.loss_chunk_length),
         in_shardings=(run.state_shardings["params"], run.batch_sharding, rows_sharding),
         out_shardings=(replicated, replicated))
     window = lambda rows: jax.ShapeDtypeStruct((rows, n_ctx + 1), jnp.int32)
@@ -369,7 +369,7 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
     if none restores the run refuses to start unless ``from_scratch_if_corrupt``.
     """
     wall_start = time.time()
-    workdir = os.path.abspath(workdir)
+    workdir = checkpointing.local_workdir(workdir)  # a gs:// URL is refused, naming it
     fingerprint_fields = config_lib.fingerprint_fields(
         config, None if config.data is not None or data is not None else _default_data_config())
     checkpointing.check_workdir(workdir, fingerprint_fields, overwrite=overwrite,
@@ -380,12 +380,18 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
         print(f"{workdir}: already finished ({finished['steps']} steps); summary.json holds the results", flush=True)
         return dict(finished, status="already_finished")
     run = setup(config, data=data, devices=devices)  # config errors surface before anything is written
+    data_identity = checkpointing.data_identity(run.data)  # corpus and vocabulary hashes: refused if changed
+    fingerprint_fields = dict(fingerprint_fields, **data_identity)
+    checkpointing.check_workdir(workdir, fingerprint_fields, overwrite=overwrite,
+                                resume_changed_config=resume_changed_config,
+                                structural=config_lib.FINGERPRINT_STRUCTURAL)
     lead = jax.process_index() == 0
     checkpointing.claim_workdir(workdir, fingerprint_fields, overwrite=overwrite,
                                 resume_changed_config=resume_changed_config, lead=lead)
     summary_path = os.path.join(workdir, "summary.json")
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
-                                      async_save=config.async_checkpointing)
+                                      async_save=config.async_checkpointing, data_identity=data_identity,
+                                      resume_changed_config=resume_changed_config)
 
     n_ctx = run.model_config.n_ctx
     batch_tokens = config.batch_size * n_ctx
@@ -566,6 +572,8 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
             eval_log.sync()
         ckpt.save(step, state, rec)
         last_saved = step
+        if tb is not None:
+            tb.flush()  # a kill -9 after a checkpoint loses no TensorBoard point it covers
         if after_checkpoint is not None:
             ckpt.wait()
             after_checkpoint(step)

@@ -48,10 +48,18 @@ def config_from_gin(*params, files=("gin/smoke.gin",)):
     (("TrainConfig.microbatches = 3",), ("gin/smoke.gin",), "not divisible by TrainConfig.microbatches"),
     (("TrainConfig.learning_rate = -1.0",), ("gin/smoke.gin",), "learning_rate must be > 0"),
     (("TransformerConfig.n_layer = ",), ("gin/smoke.gin",), "TransformerConfig.n_layer"),     # malformed binding
+    (("TrainConfig.learning_rate = '3e-4'",), ("gin/smoke.gin",), "TrainConfig.learning_rate must be a number"),
+    (("TrainConfig.num_steps = True",), ("gin/smoke.gin",), "num_steps must be a positive int, got True"),
+    (("TrainConfig.seed = 1.5",), ("gin/smoke.gin",), "TrainConfig.seed must be an int"),
+    (("DataConfig.vocab_size = '4096'",), ("gin/smoke.gin",), "DataConfig.vocab_size must be a number"),
 ])
 def test_bad_gin_or_config_value_is_named(params, files, needle):
-    with pytest.raises(CLI_USER_ERRORS) as error:
-        config_from_gin(*params, files=files)
+    import gin
+    try:
+        with pytest.raises(CLI_USER_ERRORS) as error:
+            config_from_gin(*params, files=files)
+    finally:
+        gin.clear_config()  # a bad binding that parsed must not leak into later tests
     assert needle in str(error.value), str(error.value)
 
 
