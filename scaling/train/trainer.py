@@ -13,267 +13,35 @@ Steps are optimizer steps. Step s (1-based) consumes ``loader.batch(s - 1)``; a 
 the state after s updates and resumes with batch(s), so an interrupted and resumed run replays
 exactly the batches (and, on the same mesh, exactly the losses) of an uninterrupted one.
 
-Size (~700 lines): still one module; its split into step / state / loop / hooks / summary (issue 18) is
-not done yet.
+The run is split by responsibility: step.py (the jitted step), state.py (set-up and compile), summary.py
+(summary.json's model fields, config.gin, finished runs); this module is the loop and its host-side
+helpers. Its names (setup, compile_steps, make_*_fn, NonFiniteLossError, ...) stay importable from here.
+Size (~400 lines): train()'s hooks (eval, checkpoint, non-finite policy, noise EMA, throughput) are still
+closures sharing the loop's state; moving them out is the remaining step of issue 18.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-import models
-from models import accounting
 from scaling.core import fileio, formulas, records
-from scaling.noise import estimator as noise_estimator, smoothing as noise_smoothing
-from scaling.train import checkpointing, distributed, metrics as metrics_lib, mfu as mfu_lib, optimizers, partitioning
-from scaling.train import eval as eval_lib, losses
+from scaling.noise import smoothing as noise_smoothing
+from scaling.train import checkpointing, metrics as metrics_lib, mfu as mfu_lib, partitioning
+from scaling.train import eval as eval_lib
 from scaling.train import config as config_lib
 from scaling.train.config import TrainConfig
-
-
-
-def configure_jax() -> None:
-    """Process-wide JAX settings the trainer relies on; setup() calls it (idempotent, never at import).
-
-    Identical random init whatever the mesh: partitionable threefry draws the same numbers sharded or not
-    (the default in recent JAX; set explicitly so sharded and unsharded runs agree).
-    """
-    jax.config.update("jax_threefry_partitionable", True)
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss or gradient norm became NaN/Inf; the last good checkpoint is kept."""
-
-    def __init__(self, step: int, value: float, what: str, last_checkpoint: int | None, directory: str):
-        self.step, self.value, self.last_checkpoint = step, value, last_checkpoint
-        kept = (f"the last good checkpoint is step {last_checkpoint} in {directory}" if last_checkpoint is not None
-                else "no checkpoint had been written yet")
-        super().__init__(f"{what} became {value} at step {step}; training stopped and {kept}. "
-                         f"Lower TrainConfig.learning_rate (or raise warmup_steps) and rerun with "
-                         f"--resume_changed_config to resume from it, or set TrainConfig.nonfinite = 'skip'.")
-
-
-# --- the step ------------------------------------------------------------------------------------
-
-def make_loss_fn(apply_fn: Callable, loss_chunk_length: int = 0) -> Callable:
-    """(params, windows [B, n_ctx+1]) -> mean next-token cross-entropy (float32 nats).
-
-    ``loss_chunk_length`` > 0 forms the logits slice by slice from the model's features and
-    unembedding matrix (losses.chunked_cross_entropy) instead of all at once.
-    """
-
-    def loss_fn(params, windows):
-        inputs, targets = windows[:, :-1], windows[:, 1:]
-        if loss_chunk_length:
-            features, unembedding = apply_fn(params, inputs, features_only=True)
-            return losses.chunked_cross_entropy(features, unembedding, targets, loss_chunk_length)
-        return losses.cross_entropy(apply_fn(params, inputs), targets)
-
-    return loss_fn
-
-
-def make_grad_fn(apply_fn: Callable, microbatches: int, noise_scale: bool = True,
-                 loss_chunk_length: int = 0) -> Callable:
-    """(params, windows [B, n_ctx+1]) -> (mean loss, mean gradient, noise-scale sums).
-
-    With K = microbatches > 1 the batch is split strided into K microbatches whose mean-loss
-    gradients a lax.scan sums in float32 (scaling.noise.estimator): the same update as the whole
-    batch in 1/K of the activation memory, plus the raw sums of the gradient noise scale
-    S_small = mean_k |g_k|² (b = B/K sequences) and S_big = |mean_k g_k|² (B sequences), taken
-    before clipping (design/noise-scale.md §1.3a).
-    """
-    loss_fn = make_loss_fn(apply_fn, loss_chunk_length)
-    run = noise_estimator.microbatch_value_and_grad(jax.value_and_grad(loss_fn), microbatches, noise_scale)
-
-    def grads(params, windows):
-        loss, g, gns = run(params, windows)
-        return loss, jax.tree.map(lambda x, p: x.astype(p.dtype), g, params), gns
-
-    return grads
-
-
-def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, schedule: Callable,
-                    microbatches: int, noise_scale: bool = True, skip_nonfinite: bool = False,
-                    loss_chunk_length: int = 0) -> Callable:
-    """state, windows -> new state, metrics. state = {step, params, opt_state, rng}.
-
-    ``skip_nonfinite`` (TrainConfig.nonfinite='skip'): if the loss or gradient norm is NaN/Inf the
-    params and optimizer state are kept as they were (only the step counter advances, so the data
-    position stays in step); metrics["skipped"] is 1 for such a step.
-    """
-    grads_fn = make_grad_fn(apply_fn, microbatches, noise_scale, loss_chunk_length)
-
-    def train_step(state, windows):
-        loss, grads, extra = grads_fn(state["params"], windows)
-        grad_norm = optax.global_norm(grads)  # before clipping
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        step_metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]), **extra}
-        if skip_nonfinite:
-            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-            params, opt_state = keep(params, state["params"]), keep(opt_state, state["opt_state"])
-            step_metrics["skipped"] = 1 - finite.astype(jnp.int32)
-        new_state = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state)
-        return new_state, step_metrics
-
-    return train_step
-
-
-# --- set-up --------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class TrainSetup:
-    """Everything built once per run from TrainConfig, data and devices."""
-
-    config: TrainConfig
-    model_config: Any
-    model: nn.Module
-    mesh: jax.sharding.Mesh
-    rules: tuple
-    data: Any
-    learning_rate: float
-    warmup_steps: int
-    schedule: Callable
-    tx: optax.GradientTransformation
-    abstract_state: Any
-    state_shardings: Any
-    batch_sharding: NamedSharding
-    init_state: Callable
-    n_nonembedding: int
-    param_counts: dict
-
-
-def _default_data_config():
-    from data import pipeline  # pylint: disable=import-outside-toplevel
-    return pipeline.DataConfig()
-
-
-def build_data(config: TrainConfig, n_ctx: int):
-    """LMData for the run from TrainConfig.data (a DataConfig; None = DataConfig's defaults; the entry points
-    resolve gin's DataConfig.* bindings into TrainConfig.data: scaling.configurables.build_train_config)."""
-    from data import pipeline  # data/ is imported lazily: tests may inject their own LMData
-    data_config = config.data if config.data is not None else pipeline.DataConfig()
-    build = lambda: pipeline.build_data(data_config, n_ctx=n_ctx, global_batch_size=config.batch_size,  # noqa: E731
-                                        seed=config.seed, process_index=jax.process_index(),
-                                        process_count=jax.process_count())
-    if jax.process_count() == 1:
-        return build()
-    # Multi-process: process 0 tokenizes (all cores) while the others wait, then they load its cache
-    # (on hosts without a shared filesystem they build their own, after the barrier).
-    if jax.process_index() == 0:
-        data = build()
-        distributed.sync("data-cache-ready")
-        return data
-    distributed.sync("data-cache-ready")
-    return build()
-
-
-def setup(config: TrainConfig, *, data=None, devices: Sequence[jax.Device] | None = None) -> TrainSetup:
-    configure_jax()
-    if config.model is None:
-        raise ValueError("TrainConfig.model is not set; include a model gin file (e.g. gin/models/cpu_55k.gin) "
-                         "or bind TrainConfig.model = @TransformerConfig()")
-    mesh = partitioning.make_mesh(config.mesh, devices)
-    rules = partitioning.logical_rules(config.mesh)
-    partitioning.check_batch_divisible(config.batch_size, mesh, rules)
-    if config.microbatches > 1:
-        partitioning.check_batch_divisible(config.batch_size // config.microbatches, mesh, rules,
-                                           what=f"the microbatch size (batch_size {config.batch_size} / "
-                                                f"microbatches {config.microbatches})")
-    partitioning.check_batch_divisible(config.resolved_eval_batch_size, mesh, rules,
-                                       what="TrainConfig.eval_batch_size")
-
-    n_ctx = config.model.n_ctx
-    if config.loss_chunk_length:
-        losses.check_chunk_length(config.loss_chunk_length, n_ctx)
-    if data is None:
-        data = build_data(config, n_ctx)
-    model_config = dataclasses.replace(config.model, vocab_size=int(data.vocab_size))
-    model = models.build_model(model_config)
-
-    # Abstract init: shapes and logical annotations only, no FLOPs.
-    tokens = jnp.zeros((1, n_ctx), jnp.int32)
-    abstract_vars = jax.eval_shape(model.init, jax.random.key(0), tokens)
-    if set(abstract_vars) != {"params"}:
-        raise ValueError(f"model has variable collections {sorted(abstract_vars)}; the trainer expects only 'params'")
-    specs = partitioning.param_specs(abstract_vars, rules)["params"]
-    abstract_params = nn.unbox(abstract_vars)["params"]
-
-    n_nonembedding = accounting.nonembedding_params(model_config)
-    learning_rate = config.learning_rate or optimizers.kaplan_learning_rate(n_nonembedding)
-    warmup = config.resolved_warmup_steps
-    schedule = optimizers.make_schedule(config.schedule, learning_rate, config.num_steps, warmup,
-                                        decay_fraction=config.decay_fraction,
-                                        final_fraction=config.final_lr_fraction)
-    tx = optimizers.make_optimizer(config, schedule)
-
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    opt_specs = partitioning.opt_state_specs(abstract_opt, specs, abstract_params,
-                                             config.adafactor_min_dim_to_factor)
-    state_specs = {"step": P(), "params": specs, "opt_state": opt_specs, "rng": P()}
-    state_shardings = partitioning.to_shardings(state_specs, mesh)
-
-    def init_state(seed: int):
-        key = jax.random.key(seed)
-        init_key, rng = jax.random.split(key)
-        params = nn.unbox(model.init(init_key, tokens))["params"]
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-                "rng": jax.random.key_data(rng)}
-
-    abstract_state = jax.eval_shape(init_state, config.seed)
-    # Parameters are created directly in their shards (no host copy of the full model). The init runs
-    # outside the mesh context: the shardings come from out_shardings.
-    jit_init = jax.jit(init_state, static_argnums=0, out_shardings=state_shardings)
-
-    return TrainSetup(config=config, model_config=model_config, model=model, mesh=mesh, rules=rules,
-               data=data, learning_rate=float(learning_rate),
-               warmup_steps=warmup, schedule=schedule, tx=tx, abstract_state=abstract_state,
-               state_shardings=state_shardings, batch_sharding=partitioning.batch_sharding(mesh, rules),
-               init_state=lambda: jit_init(config.seed), n_nonembedding=n_nonembedding,
-               param_counts=accounting.param_counts(abstract_params))
-
-
-def compile_steps(run: TrainSetup, with_eval: bool = True):
-    """AOT-compiles the train (and eval) steps inside the mesh/rules context; returns (train, eval, seconds)."""
-    config = run.config
-    n_ctx = run.model_config.n_ctx
-
-    def apply_fn(params, inputs, **kwargs):
-        return run.model.apply({"params": params}, inputs, **kwargs)
-
-    replicated = NamedSharding(run.mesh, P())
-    rows_sharding = NamedSharding(run.mesh, P(run.batch_sharding.spec[0]))
-    train_step = jax.jit(
-        make_train_step(apply_fn, run.tx, run.schedule, config.microbatches, config.noise_scale,
-                        skip_nonfinite=config.nonfinite == "skip", loss_chunk_length=config.loss_chunk_length),
-        in_shardings=(run.state_shardings, run.batch_sharding),
-        out_shardings=(run.state_shardings, replicated),
-        donate_argnums=0)
-    eval_step = jax.jit(
-        eval_lib.make_eval_step(apply_fn, config.loss_chunk_length),
-        in_shardings=(run.state_shardings["params"], run.batch_sharding, rows_sharding),
-        out_shardings=(replicated, replicated))
-    window = lambda rows: jax.ShapeDtypeStruct((rows, n_ctx + 1), jnp.int32)
-    start = time.perf_counter()
-    with partitioning.model_context(run.mesh, run.rules):
-        train_compiled = train_step.lower(run.abstract_state, window(config.batch_size)).compile()
-        eval_rows = config.resolved_eval_batch_size
-        eval_compiled = eval_step.lower(run.abstract_state["params"], window(eval_rows),
-                                        jax.ShapeDtypeStruct((eval_rows,), jnp.float32)).compile() if with_eval else None
-    return train_compiled, eval_compiled, time.perf_counter() - start
+from scaling.train.state import (TrainSetup, _default_data_config, build_data,  # noqa: F401
+                                 checkpoint_params_sha256, compile_steps, configure_jax, setup)
+from scaling.train.step import NonFiniteLossError, make_grad_fn, make_loss_fn, make_train_step  # noqa: F401
+from scaling.train.summary import finished_summary, model_summary, write_config  # noqa: F401
 
 
 # --- host helpers --------------------------------------------------------------------------------
@@ -322,30 +90,6 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _model_summary(run: TrainSetup) -> dict:
-    """accounting.model_summary (the config's N and FLOPs, as the sweep plans them) + the exact tree counts."""
-    return {**accounting.model_summary(run.model_config),
-            "n_params_nonembedding_exact": run.param_counts["nonembedding"],
-            "n_params_embedding": run.param_counts["embedding"],
-            "n_params_total": run.param_counts["total"]}
-
-
-def _write_config(workdir: str, run: TrainSetup, operative: str | None) -> None:
-    """config.gin: the operative gin text the entry point parsed, else the resolved TrainConfig values."""
-    if jax.process_index() != 0:
-        return
-    if not (operative or "").strip():
-        operative = "# TrainConfig built in Python (no gin); resolved values:\n" + "\n".join(
-            f"# {k} = {v!r}" for k, v in dataclasses.asdict(run.config).items())
-    fileio.write_text_atomic(os.path.join(workdir, "config.gin"), operative)
-
-
-def _finished_summary(workdir: str, config: TrainConfig) -> dict | None:
-    """The summary of a run in ``workdir`` that already reached config.num_steps, else None."""
-    summary = records.read_summary(workdir)
-    return summary if records.is_finished(summary, config.num_steps) else None
-
-
 # --- the loop ------------------------------------------------------------------------------------
 
 def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax.Device] | None = None,
@@ -375,7 +119,7 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
     checkpointing.check_workdir(workdir, fingerprint_fields, overwrite=overwrite,
                                 resume_changed_config=resume_changed_config,
                                 structural=config_lib.FINGERPRINT_STRUCTURAL)
-    finished = None if overwrite else _finished_summary(workdir, config)
+    finished = None if overwrite else finished_summary(workdir, config)
     if finished is not None:
         print(f"{workdir}: already finished ({finished['steps']} steps); summary.json holds the results", flush=True)
         return dict(finished, status="already_finished")
@@ -395,7 +139,7 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
 
     n_ctx = run.model_config.n_ctx
     batch_tokens = config.batch_size * n_ctx
-    model_info = _model_summary(run)
+    model_info = model_summary(run)
     flops_per_token = model_info["flops_per_token"]
     # MFU counts the attention FLOPs too (they are real work), as PaLM App. B does.
     mfu_flops_per_token = model_info["flops_per_token_mfu"]
@@ -432,7 +176,7 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
             for log in (metrics_log, eval_log):
                 checkpointing.set_aside(log.path)  # a fresh start never erases an earlier log
                 fileio.write_text_atomic(log.path, "")
-    _write_config(workdir, run, operative_config)
+    write_config(workdir, run, operative_config)
     best = min(eval_records, key=lambda r: r["eval_loss"], default=None)
     best_loss = best["eval_loss"] if best else float("inf")
     best_step = best["step"] if best else None
@@ -703,16 +447,3 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
 
 # --- test aid ------------------------------------------------------------------------------------
 
-def checkpoint_params_sha256(config: TrainConfig, workdir: str, *, data=None,
-                             devices: Sequence[jax.Device] | None = None) -> tuple[int, str | None]:
-    """(step, sha256 of the parameters) of the latest good checkpoint in ``workdir``: the bit-level identity
-    of a run's final parameters, which the reliability tests compare. Not on the training path (it copies
-    every parameter to the host)."""
-    run = setup(config, data=data, devices=devices)
-    target = partitioning.abstract_with_shardings(run.abstract_state, run.state_shardings)
-    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
-    try:
-        step, state, _ = ckpt.restore_latest_good(target)
-    finally:
-        ckpt.close()
-    return step, checkpointing.params_sha256(state["params"])
