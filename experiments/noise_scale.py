@@ -12,7 +12,7 @@ A sweep root (layout in experiments.sweep):
        `batch_scan` holds >= 2 batch sizes of a model, ROOT/noise/bcrit.json + bcrit.png (B_crit(L) with
        CIs beside B_simple(L), Kaplan's line dashed) and ROOT/noise/smin_cmin.csv (S_min, E_min, C_min
        along every scan curve, Kaplan eqs 5.4/5.5).
-Design: ../shared/design/noise-scale.md. B is in tokens unless a key says sequences.
+Design: docs/noise-scale.md. B is in tokens unless a key says sequences.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import sys
 
 from absl import app, flags
 
-from scaling import fileio
+from scaling.core import fileio
 from scaling.noise import batch_scan, offline, plots
 
 _GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "Gin config file(s) of the run to train (with --workdir).")
@@ -71,9 +71,9 @@ def analyse_workdir(workdir: str, opts: Options) -> dict:
 
 
 def train_and_analyse(gin_files, gin_params, workdir: str, opts: Options) -> dict:
-    from scaling.train import trainer  # jax and the trainer only for this mode
+    from experiments import train_gin  # jax and the trainer only for this mode
 
-    summary = trainer.train_from_gin(gin_files, gin_params, workdir)
+    summary = train_gin.train_from_gin(gin_files, gin_params, workdir)
     if summary.get("status") not in (None, "finished"):
         print(f"[noise_scale] training status: {summary.get('status')}", flush=True)
     return analyse_workdir(workdir, opts)

@@ -13,7 +13,7 @@ import sys
 
 from absl import app, flags
 
-from scaling import fileio
+from scaling.core import fileio
 from scaling.analysis import frontier, io
 
 FLAGS = flags.FLAGS

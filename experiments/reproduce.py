@@ -6,8 +6,9 @@
 Stages (each idempotent; rerunning the command resumes where it stopped and redoes nothing finished):
 
 1. **sweep**: every group of the preset's sweep file (gin/sweeps/kaplan_cpu_<preset>.gin) except
-   `holdout`, through `scaling.sweep.run_sweep` with the in-process executor (experiments/sweep_inprocess.py;
-   --executor=subprocess for one process per run) (finished runs skipped, interrupted ones resumed from
+   `holdout`, through `experiments.sweep_executor.run_sweep` with the in-process executor
+   (experiments/sweep_inprocess.py; --executor=subprocess for one process per run) (finished runs skipped,
+   interrupted ones resumed from
    their checkpoints, failures recorded and retried on the next invocation).
 2. **noise**: `experiments.noise_scale --root` — B_simple along every run, and B_crit(L) from the
    `batch_scan` group (ROOT/noise/).
@@ -32,7 +33,7 @@ import time
 
 from absl import app, flags, logging
 
-from scaling import fileio
+from scaling.core import fileio, records
 
 PRESETS = {"quick": "gin/sweeps/kaplan_cpu_quick.gin", "full": "gin/sweeps/kaplan_cpu_full.gin"}
 HOLDOUT = "holdout"
@@ -68,8 +69,8 @@ def ladder_points(root: str, runs) -> dict:
     for run in runs:
         if run.group != "ladder":
             continue
-        summary = fileio.read_json_object(os.path.join(sweep.run_dir(root, run.name), "summary.json"))
-        if summary and summary.get("status", "finished") == "finished" and summary.get("best_eval_loss"):
+        summary = records.read_summary(sweep.run_dir(root, run.name))
+        if records.is_finished(summary) and summary.get("best_eval_loss"):
             names.append(run.name)
             n.append(float(summary["n_params_nonembedding"]))
             loss.append(float(summary["best_eval_loss"]))
@@ -205,8 +206,8 @@ def main(argv):
         print(f"reproduce: error: unexpected arguments {argv[1:]}", file=sys.stderr)
         sys.exit(2)
     logging.set_verbosity(logging.WARNING)
+    from experiments import sweep_executor, sweep_inprocess
     from scaling import sweep
-    from experiments import sweep_inprocess
     executor = sweep_inprocess.executor_for(EXECUTOR.value)
 
     sweep_file = SWEEP.value or PRESETS[PRESET.value]
@@ -226,7 +227,8 @@ def main(argv):
     ok = True
     try:
         log(f"1/5 sweep {sweep_file} (all groups but {HOLDOUT}) in {root}")
-        first = sweep.run_sweep(sweep_file, root, workers=WORKERS.value, exclude=(HOLDOUT,), executor=executor)
+        first = sweep_executor.run_sweep(sweep_file, root, workers=WORKERS.value, exclude=(HOLDOUT,),
+                                         executor=executor)
         ok &= first.ok
         log("2/5 noise scale and B_crit")
         ok &= run_stage("noise", ["experiments.noise_scale", f"--root={root}"])
@@ -234,11 +236,11 @@ def main(argv):
         write_prediction(root, runs, BOOTSTRAP.value)
         if any(r.group == HOLDOUT for r in runs):
             log("4/5 train the held-out rung")
-            ok &= sweep.run_sweep(sweep_file, root, workers=WORKERS.value, only=(HOLDOUT,),
-                                  executor=executor).ok
+            ok &= sweep_executor.run_sweep(sweep_file, root, workers=WORKERS.value, only=(HOLDOUT,),
+                                           executor=executor).ok
         log("5/5 report")
         ok &= run_stage("report", ["experiments.report", f"--root={root}", f"--bootstrap={BOOTSTRAP.value}"])
-    except sweep.LockedError as e:
+    except sweep_executor.LockedError as e:
         print(f"reproduce: error: {e}", file=sys.stderr)
         sys.exit(2)
     log(f"done in {(time.time() - start) / 60:.1f} min: {os.path.join(root, 'report.md')}"

@@ -1,8 +1,9 @@
 """Run a sweep of training runs: `python -m experiments.sweep --gin_file=gin/sweeps/smoke.gin --root=DIR`.
 
-Expands the sweep file (format: scaling/sweep.py) into named runs and trains them under DIR/runs/<name>/
-(by default in-process: long-lived Python processes train the runs back to back, experiments/sweep_inprocess.py;
---executor=subprocess or a --launcher: each run its own `python -m experiments.train`), then keeps DIR/runs.csv (one row per
+Expands the sweep file (format: scaling/sweep.py; executor: experiments/sweep_executor.py) into named runs and
+trains them under DIR/runs/<name>/ (by default in-process: long-lived Python processes train the runs back to
+back, experiments/sweep_inprocess.py; --executor=subprocess or a --launcher: each run its own
+`python -m experiments.train`), then keeps DIR/runs.csv (one row per
 run) and DIR/sweep.json up to date. Rerunning the same command skips finished runs, resumes
 interrupted ones and retries failed ones. One launcher per root (DIR/.lock).
 
@@ -54,8 +55,9 @@ def main(argv):
         fail("--root is required (the directory that receives runs/, runs.csv and sweep.json)")
     if _WORKERS.value is not None and _WORKERS.value < 1:
         fail(f"--workers must be >= 1, got {_WORKERS.value}")
-    from scaling import sweep  # pylint: disable=import-outside-toplevel
+    from experiments import sweep_executor as executor  # pylint: disable=import-outside-toplevel
     from experiments import sweep_inprocess  # pylint: disable=import-outside-toplevel
+    from scaling import sweep  # pylint: disable=import-outside-toplevel
 
     root = _ROOT.value or "runs/sweep"
     try:
@@ -64,21 +66,21 @@ def main(argv):
             selected = sweep.select(runs, _ONLY.value, _EXCLUDE.value)
             if _DRY_RUN.value:
                 for run in selected:
-                    print(sweep.shell_command(run, root, _LAUNCHER.value), flush=True)
+                    print(executor.shell_command(run, root, _LAUNCHER.value), flush=True)
                 print(f"sweep: {len(selected)} of {len(runs)} runs of {spec.name} (dry run; nothing trained)",
                       file=sys.stderr)
                 return
-            with sweep.RootLock(root):
+            with executor.RootLock(root):
                 sweep.write_sweep_json(os.path.abspath(root), spec, _GIN_FILE.value, runs)
                 print(sweep.collect_runs_csv(root))
             return
-        result = sweep.run_sweep(_GIN_FILE.value, root, workers=_WORKERS.value, cores_per_run=_CORES_PER_RUN.value,
-                                 launcher=_LAUNCHER.value, only=_ONLY.value, exclude=_EXCLUDE.value,
-                                 retry_failed=_RETRY_FAILED.value,
-                                 executor=sweep_inprocess.executor_for(_EXECUTOR.value, _LAUNCHER.value))
+        result = executor.run_sweep(_GIN_FILE.value, root, workers=_WORKERS.value, cores_per_run=_CORES_PER_RUN.value,
+                                    launcher=_LAUNCHER.value, only=_ONLY.value, exclude=_EXCLUDE.value,
+                                    retry_failed=_RETRY_FAILED.value,
+                                    executor=sweep_inprocess.executor_for(_EXECUTOR.value, _LAUNCHER.value))
     except sweep.SweepError as e:
         fail(str(e))
-    except sweep.LockedError as e:
+    except executor.LockedError as e:
         fail(str(e), code=3)
     except KeyboardInterrupt as e:
         fail(str(e) or "interrupted; rerun the same command to resume", code=1)

@@ -1,9 +1,9 @@
 """The in-process sweep executor: long-lived Python processes train a sweep's runs back to back.
 
-The subprocess executor (scaling/sweep.py ``execute_run``) starts a fresh ``python -m experiments.train``
+The subprocess executor (experiments/sweep_executor.py ``execute_run``) starts a fresh ``python -m experiments.train``
 per run: every run pays the imports, a cold compilation and its own process start-up. This executor
-keeps the process: one run after another goes through ``scaling.train.trainer.train`` in the same
-interpreter, so imports happen once, steps of identical shapes reuse their compiled executables
+keeps the process: one run after another goes through ``experiments.train_gin.train_from_gin`` (gin ->
+TrainConfig -> ``scaling.train.trainer.train``) in the same interpreter, so imports happen once, steps of identical shapes reuse their compiled executables
 (the trainer's compiled-step cache), and JAX's persistent compilation cache
 (``.cache/scaling/jax_compilation_cache``) serves identical programs across processes and sweeps.
 
@@ -12,8 +12,8 @@ interpreter, so imports happen once, steps of identical shapes reuse their compi
   each pinned to its share of the cores (which sizes XLA's thread pool) and each training runs back
   to back; the runs are handed out largest first, like the subprocess executor.
 
-Each run's gin is parsed in isolation (``gin.clear_config`` before and after, ``parse_gin`` of its own
-files and bindings), its output goes to ``ROOT/runs/<name>/launcher.log`` and its status to
+Each run's gin is parsed in isolation (cleared before and after; ``scaling.configurables.build_train_config``
+of its own files and bindings), its output goes to ``ROOT/runs/<name>/launcher.log`` and its status to
 ``launcher.json`` (``executor: inprocess``), exactly as with the subprocess executor.
 
 Failure isolation: a run that raises (a bad configuration, a NaN/Inf loss, XLA's RESOURCE_EXHAUSTED,
@@ -42,7 +42,9 @@ import time
 import traceback
 from typing import Sequence
 
-from scaling import fileio, sweep
+from experiments import sweep_executor
+from scaling import sweep
+from scaling.core import fileio
 
 COMPILATION_CACHE_DIR = os.path.join(".cache", "scaling", "jax_compilation_cache")
 
@@ -93,18 +95,16 @@ def train_one(record: dict, root: str) -> dict:
     """Trains (or resumes) one run of ``sweep.json``'s records in this process; returns an outcome dict
     {status: finished|failed|interrupted, seconds, cpu_seconds, error}. Never raises for a failed run;
     KeyboardInterrupt / SystemExit propagate after the run's state is recorded."""
-    import gin  # pylint: disable=import-outside-toplevel
+    from experiments import train_gin  # pylint: disable=import-outside-toplevel
     from scaling import configurables  # pylint: disable=import-outside-toplevel
-    from scaling.train import trainer  # pylint: disable=import-outside-toplevel
-    from scaling.train.config import TrainConfig  # pylint: disable=import-outside-toplevel
 
     name = record["name"]
     workdir = sweep.run_dir(root, name)
     os.makedirs(workdir, exist_ok=True)
     state_path = os.path.join(workdir, "launcher.json")
     log_path = os.path.join(workdir, "launcher.log")
-    run = sweep.Run(**record)
-    command = shlex.join(sweep.train_command(run, root))
+    run = sweep.SweepRun(**record)
+    command = shlex.join(sweep_executor.train_command(run, root))
     started = time.time()
     cpu_start = time.process_time()
     state = {"status": "running", "executor": "inprocess", "pid": os.getpid(), "host": socket.gethostname(),
@@ -116,10 +116,8 @@ def train_one(record: dict, root: str) -> dict:
     try:
         with _output_to(log_path):
             try:
-                configurables.parse_gin([os.path.join(sweep.REPO_ROOT, f) for f in record["gin_files"]],
-                                        record["gin_params"])
-                config = TrainConfig()
-                summary = trainer.train(config, workdir)
+                summary = train_gin.train_from_gin([os.path.join(sweep.REPO_ROOT, f) for f in record["gin_files"]],
+                                                   record["gin_params"], workdir)
                 if summary.get("status") == "preempted":
                     status = "interrupted"
                 elif summary.get("steps", -1) >= record["planned"]["steps"]:
@@ -134,7 +132,7 @@ def train_one(record: dict, root: str) -> dict:
                 os.write(2, traceback.format_exc().encode(errors="replace"))   # fd 2 is the run's log
                 status, error = "failed", _error_text(e)
             finally:
-                gin.clear_config()
+                configurables.clear()
     finally:
         seconds = time.time() - started
         cpu_seconds = time.process_time() - cpu_start
@@ -144,18 +142,18 @@ def train_one(record: dict, root: str) -> dict:
     return {"status": status, "seconds": seconds, "cpu_seconds": cpu_seconds, "error": error}
 
 
-def _outcome(run: sweep.Run, root: str, result: dict) -> sweep.Outcome:
+def _outcome(run: sweep.SweepRun, root: str, result: dict) -> sweep_executor.Outcome:
     summary = None
     if result["status"] == "finished":
         summary = fileio.read_json_object(os.path.join(sweep.run_dir(root, run.name), "summary.json"))
-    return sweep.Outcome(run, result["status"], result.get("seconds", 0.0), result.get("error", ""), summary,
+    return sweep_executor.Outcome(run, result["status"], result.get("seconds", 0.0), result.get("error", ""), summary,
                          result.get("cpu_seconds", 0.0))
 
 
-# --- the executor (scaling.sweep.run_sweep's ``executor``) -------------------------------------------
+# --- the executor (experiments.sweep_executor.run_sweep's ``executor``) -------------------------------------------
 
-def execute(todo: list, root: str, workers: int, lock_fd: int | None, progress: sweep.Progress) -> list:
-    """Trains ``todo`` (sweep.Run) under ``root``; returns their Outcomes in completion order."""
+def execute(todo: list, root: str, workers: int, lock_fd: int | None, progress: sweep_executor.SweepProgress) -> list:
+    """Trains ``todo`` (sweep.SweepRun) under ``root``; returns their Outcomes in completion order."""
     if not todo:
         progress.close()
         return []
@@ -170,7 +168,7 @@ def _quiet() -> None:
     logging.set_verbosity(logging.WARNING)   # as experiments.train: no orbax INFO lines in the logs
 
 
-def _execute_here(todo: list, root: str, progress: sweep.Progress) -> list:
+def _execute_here(todo: list, root: str, progress: sweep_executor.SweepProgress) -> list:
     _quiet()
     enable_compilation_cache()
     stopping = threading.Event()
@@ -191,7 +189,7 @@ def _execute_here(todo: list, root: str, progress: sweep.Progress) -> list:
             try:
                 result = train_one(run.record(), root)
             except KeyboardInterrupt:
-                progress.finish(sweep.Outcome(run, "interrupted"))
+                progress.finish(sweep_executor.Outcome(run, "interrupted"))
                 raise KeyboardInterrupt("sweep stopped by a signal; rerun the same command to resume") from None
             outcome = _outcome(run, root, result)
             outcomes.append(outcome)
@@ -220,10 +218,10 @@ class _Worker:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "experiments.sweep_inprocess", "--worker"], cwd=sweep.REPO_ROOT, env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, text=True, bufsize=1,
-            preexec_fn=sweep._child_setup(self.cores), start_new_session=True,  # pylint: disable=protected-access
+            preexec_fn=sweep_executor._child_setup(self.cores), start_new_session=True,  # pylint: disable=protected-access
             pass_fds=(self.lock_fd,) if self.lock_fd is not None else ())
 
-    def train(self, run: sweep.Run, root: str) -> dict:
+    def train(self, run: sweep.SweepRun, root: str) -> dict:
         if self.proc is None or self.proc.poll() is not None:
             self.start()
         try:
@@ -242,7 +240,7 @@ class _Worker:
         # The worker died mid-run (e.g. the OOM killer's SIGKILL): the run failed, the others continue.
         error = (f"the in-process worker died ({'signal ' + str(-code) if code < 0 else 'exit ' + str(code)}"
                  f"{', e.g. out of memory' if code == -signal.SIGKILL else ''}): "
-                 f"{sweep._error_tail(log_path)}")  # pylint: disable=protected-access
+                 f"{sweep_executor._error_tail(log_path)}")  # pylint: disable=protected-access
         state_path = os.path.join(sweep.run_dir(root, run.name), "launcher.json")
         state = fileio.read_json_object(state_path) or {}
         fileio.write_json_atomic(state_path, dict(state, status="failed", returncode=code, error=error))
@@ -265,8 +263,8 @@ class _Worker:
             self.proc = None
 
 
-def _execute_pool(todo: list, root: str, workers: int, lock_fd, progress: sweep.Progress) -> list:
-    slots = sweep.core_slots(workers)
+def _execute_pool(todo: list, root: str, workers: int, lock_fd, progress: sweep_executor.SweepProgress) -> list:
+    slots = sweep_executor.core_slots(workers)
     pool = [_Worker(cores, lock_fd) for cores in slots]
     work: queue.Queue = queue.Queue()
     for run in todo:

@@ -60,17 +60,16 @@ def main(argv):
             distributed.initialize(join)   # before anything asks JAX for devices
     except (ValueError, RuntimeError) as e:
         fail(str(e).replace("\n", " | "))
+    from scaling import configurables
     from scaling.train import checkpointing, trainer
-    from scaling.train.config import TrainConfig
 
     logging.set_verbosity(logging.WARNING)
     try:
-        trainer.parse_gin(_GIN_FILE.value, _GIN_PARAM.value)
-        config = TrainConfig()
+        config, operative = configurables.build_train_config(_GIN_FILE.value, _GIN_PARAM.value)
     except (ValueError, TypeError, FileNotFoundError) as e:
         fail(str(e).replace("\n", " | "))
     try:
-        summary = trainer.train(config, _WORKDIR.value, overwrite=_OVERWRITE.value,
+        summary = trainer.train(config, _WORKDIR.value, operative_config=operative, overwrite=_OVERWRITE.value,
                                 resume_changed_config=_RESUME_CHANGED.value,
                                 from_scratch_if_corrupt=_FROM_SCRATCH.value)
     except (trainer.NonFiniteLossError, checkpointing.NonFiniteStateError, checkpointing.CheckpointWriteError,

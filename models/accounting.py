@@ -19,7 +19,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-PF_DAY = 8.64e19  # FLOP in one petaflop/s-day (1e15 FLOP/s × 86,400 s), Kaplan §1.3
+from scaling.core import formulas
+from scaling.core.units import PF_DAY  # noqa: F401  (re-exported: accounting.PF_DAY)
+
 CONVENTIONS = ("kaplan", "chinchilla", "porian")
 MODES = ("forward", "train")
 
@@ -42,10 +44,7 @@ def _family(config) -> str:
     return family
 
 
-def _block_nonembedding(d_model: int, d_attn: int, d_ff: int) -> int:
-    # Per layer (Kaplan Table 1): QKV 3·d_model·d_attn, output projection d_attn·d_model,
-    # MLP 2·d_model·d_ff  =>  2·d_model·(2·d_attn + d_ff).
-    return 2 * d_model * (2 * d_attn + d_ff)
+_block_nonembedding = formulas.block_nonembedding_params  # Kaplan Table 1, per layer
 
 
 def nonembedding_params(config) -> int:
@@ -167,7 +166,27 @@ def params_for_convention(config, convention: str = "kaplan") -> int:
 def training_compute(config, tokens: float, convention: str = "kaplan") -> dict[str, float]:
     """Total training compute C for ``tokens`` tokens, in FLOP and PF-days."""
     flops = flops_per_token(config, convention=convention, mode="train").flops * float(tokens)
-    return {"flops": flops, "pf_days": flops / PF_DAY, "convention": convention}
+    return {"flops": flops, "pf_days": formulas.pf_days(flops), "convention": convention}
+
+
+def model_summary(config) -> dict[str, Any]:
+    """What the config alone says of a model: the run record's model fields (scaling.core.records), used by
+    the trainer's summary.json and by the sweep's plan of each run before it trains."""
+    fpt = flops_per_token(config, convention="kaplan", mode="train", include_context=False)
+    return {
+        "model_family": config.family,
+        "model": dataclasses.asdict(config),
+        "n_ctx": config.n_ctx,
+        "vocab_size": config.vocab_size,
+        "n_params_nonembedding": nonembedding_params(config),   # Kaplan N (formula)
+        "n_params_kaplan": params_for_convention(config, "kaplan"),
+        "n_params_chinchilla": params_for_convention(config, "chinchilla"),
+        "flops_per_token": fpt.flops,                                                           # C ≈ 6N
+        "flops_per_token_with_context": flops_per_token(config, "kaplan", "train", include_context=True).flops,
+        "flops_per_token_chinchilla": flops_per_token(config, "chinchilla", "train").flops,
+        "flops_per_token_mfu": mfu_flops_per_token(config),   # + unembedding 6·d·V: all matmuls
+        "flops_convention": fpt.convention,
+    }
 
 
 # --------------------------------------------------------------------------------------------------

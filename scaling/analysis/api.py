@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from scaling.core import formulas
 from scaling.analysis import bcrit, fitting, isoflop, laws, specs
 from scaling.analysis.io import InputError
 
@@ -41,7 +42,7 @@ def check_columns(law: str, table: dict, need_loss: bool = True) -> dict:
     if law not in LAWS:
         raise InputError(f"unknown law {law!r}; choose one of {', '.join(LAWS)}")
     if law in ("kaplan_c", "isoflop") and "C" not in table and "N" in table and "D" in table:
-        table["C"] = 6.0 * np.asarray(table["N"]) * np.asarray(table["D"])
+        table["C"] = formulas.training_flops(np.asarray(table["N"]), np.asarray(table["D"]))
     needed = (("loss",) if need_loss else ()) + REQUIRED[law] + (("S",) if law == "bcrit" and "S" in table else ())
     missing = [c for c in needed if c not in table]
     if missing:
@@ -165,18 +166,17 @@ def _isoflop(table, n_boot, seed, method):
 
 def _bcrit(table, n_boot, seed, groups):
     if "S" in table:
-        fit = bcrit.fit_bcrit_scan(table["loss"], table["B"], table["S"])
-        record = dict(params=dict(B_star=fit.B_star, alpha_B=fit.alpha_B), objective=fit.objective,
-                      derived=dict(per_target={f"{t:.6g}": dict(S_min=f.S_min, E_min=f.E_min, B_crit=f.B_crit,
-                                                                  bracketed=f.bracketed)
-                                               for t, f in fit.per_target.items()}),
+        scan = bcrit.scan_from_rows(table["loss"], table["B"], table["S"], groups)
+        fit = bcrit.fit_scans([scan], n_boot=n_boot, seed=seed)
+        per = fit["per_target"]
+        law = bcrit.fit_bcrit_law([t["target_loss"] for t in per], [t["B_crit"] for t in per])[2]
+        record = dict(params=dict(B_star=fit["B_star"], alpha_B=fit["alpha_B"]), objective=law.objective,
+                      derived=dict(per_target={f"{t['target_loss']:.6g}": {k: t[k] for k in (
+                          "S_min", "E_min", "B_crit", "bracketed")} for t in per}),
                       solver=dict(method="per-target S = S_min + E_min/B (NLS in log S), then WLS of "
-                                         "log B_crit on log L"))
+                                         "log B_crit on log L (scaling.analysis.bcrit.fit_scans)"))
         if n_boot:
-            reps = bcrit.bootstrap_bcrit_scan(table["loss"], table["B"], table["S"],
-                                              groups if groups is not None else np.arange(len(table["B"])),
-                                              n_boot, seed)
-            record["ci95"] = _ci(reps, ("B_star", "alpha_B"))
+            record["ci95"] = fit["ci95"]
     else:
         b_star, alpha_b, fit = bcrit.fit_bcrit_law(table["loss"], table["B"])
         record = dict(params=dict(B_star=b_star, alpha_B=alpha_b), objective=fit.objective, derived={},

@@ -1,18 +1,26 @@
 """Critical batch size from batch-size scans (McCandlish et al. 2018 eqs 2.11-2.12; Kaplan §5.1).
 
-Spec: ../shared/design/noise-scale.md §2. At a target loss L, the steps S and examples E = B·S needed
+Spec: docs/noise-scale.md §2. At a target loss L, the steps S and examples E = B·S needed
 by a run at batch B obey (S/S_min − 1)(E/E_min − 1) = 1, i.e. the linear form S = S_min + E_min/B, with
 B_crit = E_min/S_min. Across targets, B_crit(L) = B*/L^(1/α_B) (Kaplan eq 5.3; B* ≈ 2e8 tokens, α_B ≈ 0.21).
 B is in tokens throughout (sequences × n_ctx).
+
+The one B_crit pipeline of the project (experiments.noise_scale, experiments.fit --law=bcrit and the report
+all go through it): one solver for S = S_min + E_min/B (`fit_steps_vs_batch_many`, vectorised over bootstrap
+replicates; `fit_steps_vs_batch` is its one-row view), one law fit (`fit_bcrit_law`: WLS of log B_crit on
+log L), one bootstrap (whole runs resampled within each model size, `fit_scans`), and one B_crit(L)
+(`critical_batch`, scaling.core.formulas). Extracting the scans from run directories (targets, steps to
+reach them) is data handling: scaling/noise/batch_scan.py.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
-import scipy.optimize
 
 from scaling.analysis import fitting
+from scaling.core.formulas import critical_batch  # noqa: F401  (B_crit(L) = B*/L^(1/α_B), Kaplan eq 5.3)
 
 
 def steps_to_target(steps, losses, target) -> float:
@@ -31,89 +39,6 @@ def steps_to_target(steps, losses, target) -> float:
     # best[i-1] > target >= best[i]: interpolate log step linearly in loss.
     frac = (best[i - 1] - target) / (best[i - 1] - best[i])
     return float(np.exp(np.log(steps[i - 1]) + frac * (np.log(steps[i]) - np.log(steps[i - 1]))))
-
-
-@dataclasses.dataclass
-class StepsBatchFit:
-    S_min: float
-    E_min: float       # tokens
-    B_crit: float      # tokens, = E_min / S_min
-    bracketed: bool    # the scanned batches span B_crit; otherwise B_crit is only a bound
-    residuals: np.ndarray
-
-
-def fit_steps_vs_batch(B, S, weights=None) -> StepsBatchFit:
-    """Least squares of log S = log(S_min + E_min/B) over the runs of one target loss.
-
-    Started from the linear fit S ≈ S_min + E_min·(1/B); both coefficients are kept positive by fitting
-    their logs. `weights` (e.g. bootstrap counts) multiply the squared log residuals.
-    """
-    B, S = np.asarray(B, dtype=np.float64), np.asarray(S, dtype=np.float64)
-    ok = np.isfinite(S)
-    w = np.ones_like(B) if weights is None else np.asarray(weights, dtype=np.float64)
-    B, S, w = B[ok], S[ok], w[ok]
-    if np.count_nonzero(w) < 2 or len(np.unique(B[w > 0])) < 2:
-        raise fitting.FitError("S = S_min + E_min/B needs runs at >= 2 distinct batch sizes that reach the target")
-    X = np.stack([np.ones_like(B), 1.0 / B], axis=1)
-    lin, *_ = np.linalg.lstsq(X * np.sqrt(w)[:, None], S * np.sqrt(w), rcond=None)
-    start = np.log(np.maximum(lin, [S.min() * 1e-3, S.min() * B.min() * 1e-3]))
-    resid = lambda th: np.sqrt(w) * (np.log(np.exp(th[0]) + np.exp(th[1]) / B) - np.log(S))
-    res = scipy.optimize.least_squares(resid, start, method="lm", xtol=1e-14, ftol=1e-14, gtol=1e-14)
-    s_min, e_min = np.exp(res.x)
-    b_crit = e_min / s_min
-    return StepsBatchFit(S_min=float(s_min), E_min=float(e_min), B_crit=float(b_crit),
-                         bracketed=bool(B[w > 0].min() <= b_crit <= B[w > 0].max()), residuals=res.fun)
-
-
-@dataclasses.dataclass
-class BcritLawFit:
-    B_star: float      # tokens
-    alpha_B: float
-    per_target: dict   # target loss -> StepsBatchFit
-    objective: float
-
-
-def fit_bcrit_law(L, B_crit, weights=None) -> tuple[float, float, fitting.PowerLawFit]:
-    """Regress log B_crit = log B* − (1/α_B) log L; returns (B*, α_B, the underlying WLS fit)."""
-    fit = fitting.wls_loglog(L, B_crit, weights)
-    if fit.slope >= 0:
-        raise fitting.FitError(f"B_crit does not fall with the loss (slope {fit.slope:.3g} >= 0): alpha_B is undefined")
-    return float(np.exp(fit.intercept)), float(-1.0 / fit.slope), fit
-
-
-def fit_bcrit_scan(target, B, S, weights=None) -> BcritLawFit:
-    """Rows (target loss, batch tokens, steps to reach it): per-target hyperbola fits, then B_crit(L).
-
-    Targets whose fit fails (fewer than 2 batch sizes reached them) are skipped.
-    """
-    target, B, S = (np.asarray(v, dtype=np.float64) for v in (target, B, S))
-    w = np.ones_like(B) if weights is None else np.asarray(weights, dtype=np.float64)
-    per_target = {}
-    for t in np.unique(target):
-        rows = target == t
-        try:
-            per_target[float(t)] = fit_steps_vs_batch(B[rows], S[rows], w[rows])
-        except fitting.FitError:
-            continue
-    if len(per_target) < 2:
-        raise fitting.FitError(f"only {len(per_target)} target loss(es) could be fit; B_crit(L) needs >= 2")
-    L = np.array(list(per_target))
-    bc = np.array([f.B_crit for f in per_target.values()])
-    b_star, alpha_b, fit = fit_bcrit_law(L, bc)
-    return BcritLawFit(B_star=b_star, alpha_B=alpha_b, per_target=per_target, objective=fit.objective)
-
-
-def bootstrap_bcrit_scan(target, B, S, runs, n_boot=200, seed=0):
-    """(n_boot, 2) replicates of (B*, α_B) resampling *whole runs* (B_crit values share runs)."""
-    counts = fitting.resample_counts(len(np.asarray(B)), n_boot, seed, groups=runs)
-    out = np.full((n_boot, 2), np.nan)
-    for r, w in enumerate(counts):
-        try:
-            fit = fit_bcrit_scan(target, B, S, w)
-        except fitting.FitError:
-            continue
-        out[r] = fit.B_star, fit.alpha_B
-    return out
 
 
 def fit_steps_vs_batch_many(B, S, weights, iters: int = 60):
@@ -164,3 +89,137 @@ def fit_steps_vs_batch_many(B, S, weights, iters: int = 60):
         lam = np.where(better, lam / 3, lam * 4)
     s_min, e_min = np.exp(theta[:, 0]), np.exp(theta[:, 1])
     return np.where(ok, s_min, np.nan), np.where(ok, e_min, np.nan)
+
+
+@dataclasses.dataclass
+class StepsBatchFit:
+    S_min: float
+    E_min: float       # tokens
+    B_crit: float      # tokens, = E_min / S_min
+    bracketed: bool    # the scanned batches span B_crit; otherwise B_crit is only a bound
+    residuals: np.ndarray
+
+
+def fit_steps_vs_batch(B, S, weights=None) -> StepsBatchFit:
+    """S = S_min + E_min/B at one target loss (least squares in log S): `fit_steps_vs_batch_many` on one row.
+
+    NaN S (target not reached) carry no weight; `weights` (e.g. bootstrap counts) multiply the squared
+    log residuals. FitError with fewer than 2 distinct batch sizes.
+    """
+    B, S = np.asarray(B, dtype=np.float64), np.asarray(S, dtype=np.float64)
+    w = np.ones_like(B) if weights is None else np.asarray(weights, dtype=np.float64)
+    used = np.isfinite(S) & (w > 0)
+    if len(np.unique(B[used])) < 2:
+        raise fitting.FitError("S = S_min + E_min/B needs runs at >= 2 distinct batch sizes that reach the target")
+    s_min, e_min = (float(v[0]) for v in fit_steps_vs_batch_many(B, S, w[None]))
+    b_crit = e_min / s_min
+    resid = np.sqrt(w[used]) * (np.log(s_min + e_min / B[used]) - np.log(S[used]))
+    return StepsBatchFit(S_min=s_min, E_min=e_min, B_crit=b_crit,
+                         bracketed=bool(B[used].min() <= b_crit <= B[used].max()), residuals=resid)
+
+
+def fit_bcrit_law(L, B_crit, weights=None) -> tuple[float, float, fitting.PowerLawFit]:
+    """Regress log B_crit = log B* − (1/α_B) log L; returns (B*, α_B, the underlying WLS fit)."""
+    fit = fitting.wls_loglog(L, B_crit, weights)
+    if fit.slope >= 0:
+        raise fitting.FitError(f"B_crit does not fall with the loss (slope {fit.slope:.3g} >= 0): alpha_B is undefined")
+    return float(np.exp(fit.intercept)), float(-1.0 / fit.slope), fit
+
+
+def fit_bcrit_law_many(L, B_crit) -> tuple[np.ndarray, np.ndarray]:
+    """`fit_bcrit_law` per row of B_crit (R, n) over the same losses L: (B*, α_B) arrays, NaN entries of a row
+    skipped, NaN where fewer than 2 are left or B_crit does not fall."""
+    L = np.asarray(L, dtype=np.float64)
+    B_crit = np.atleast_2d(B_crit)
+    b_star, alpha = np.full(len(B_crit), np.nan), np.full(len(B_crit), np.nan)
+    for i, row in enumerate(B_crit):
+        ok = np.isfinite(row) & (row > 0)
+        try:
+            b_star[i], alpha[i], _ = fit_bcrit_law(L[ok], row[ok])
+        except fitting.FitError:
+            continue
+    return b_star, alpha
+
+
+@dataclasses.dataclass
+class Scan:
+    """One model size's batch-size scan: the steps each run needed to reach each target loss."""
+    model: str
+    n_params_nonembedding: float
+    run_names: list            # (n_runs,)
+    batches: np.ndarray        # (n_runs,) batch tokens
+    targets: np.ndarray        # (n_targets,) target losses
+    S: np.ndarray              # (n_runs, n_targets) steps to reach each target, NaN = not reached
+
+
+def scan_from_rows(target, B, S, runs=None, model: str = "scan") -> Scan:
+    """Rows (target loss, batch tokens, steps to reach it[, run id]) as one Scan; without run ids every row
+    is its own run."""
+    target, B, S = (np.asarray(v, dtype=np.float64) for v in (target, B, S))
+    runs = np.arange(len(B)) if runs is None else np.asarray(runs)
+    names, run_index = np.unique(runs, return_inverse=True)
+    targets, target_index = np.unique(target, return_inverse=True)
+    matrix = np.full((len(names), len(targets)), np.nan)
+    matrix[run_index, target_index] = S
+    batches = np.zeros(len(names))
+    batches[run_index] = B
+    if not np.all(batches[run_index] == B):
+        raise fitting.FitError("a run id has rows at different batch sizes; one run is one batch size")
+    return Scan(model=model, n_params_nonembedding=math.nan, run_names=[str(n) for n in names], batches=batches,
+                targets=targets, S=matrix)
+
+
+def fit_scans(scans: list, n_boot: int = 200, seed: int = 0, level: float = 0.95) -> dict:
+    """Per-target S = S_min + E_min/B fits, then B_crit(L) = B*/L^(1/α_B) over every (model, target) point,
+    with 95% CIs from resampling *whole runs* within each model size (all B_crit(L_j) of a model share its
+    runs; the targets stay those of the full data). B in tokens.
+
+    Returns B_star, alpha_B, ci95, n_boot, n_boot_valid, level, per_target (model, target_loss, S_min, E_min,
+    B_crit with its bootstrap bounds, bracketed, n_runs, rms_log_residual) and not_reached (run, target_loss).
+    """
+    per_target, not_reached = [], []
+    L_all, bc_all, boot_all = [], [], []
+    rng = np.random.default_rng(seed)
+    for scan in scans:
+        batches, targets, S = scan.batches, scan.targets, scan.S
+        for i, j in zip(*np.nonzero(~np.isfinite(S))):
+            not_reached.append({"run": scan.run_names[i], "target_loss": float(targets[j])})
+        # Whole-run resampling within this model size; row 0 is the fit to the data itself.
+        resampled = fitting.resample_counts(len(batches), n_boot, int(rng.integers(2 ** 31))) if n_boot else []
+        counts = np.vstack([np.ones(len(batches)), *resampled])
+        b_crit = np.full((n_boot + 1, len(targets)), np.nan)
+        for j, t in enumerate(targets):
+            s_min, e_min = fit_steps_vs_batch_many(batches, S[:, j], counts)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                b_crit[:, j] = e_min / s_min
+            if not np.isfinite(b_crit[0, j]):
+                continue
+            reached = np.isfinite(S[:, j])
+            lo, hi = fitting.percentile_ci(b_crit[1:, j], level) if n_boot else (math.nan, math.nan)
+            pred = np.log(s_min[0] + e_min[0] / batches[reached])
+            per_target.append({
+                "model": scan.model, "n_params_nonembedding": scan.n_params_nonembedding,
+                "target_loss": float(t), "S_min": float(s_min[0]), "E_min": float(e_min[0]),
+                "B_crit": float(b_crit[0, j]), "B_crit_lo": float(lo), "B_crit_hi": float(hi),
+                "bracketed": bool(batches[reached].min() <= b_crit[0, j] <= batches[reached].max()),
+                "n_runs": int(reached.sum()),
+                "rms_log_residual": float(np.sqrt(np.mean((pred - np.log(S[reached, j])) ** 2))),
+            })
+        L_all.append(targets)
+        bc_all.append(b_crit[0])
+        boot_all.append(b_crit[1:])
+    if not per_target:
+        raise fitting.FitError("no model size of the scan has runs at >= 2 batch sizes that reach common losses")
+    L = np.concatenate(L_all)
+    b_star, alpha = fit_bcrit_law_many(L, np.concatenate(bc_all)[None])
+    if not np.isfinite(alpha[0]):
+        raise fitting.FitError("B_crit does not fall with the loss over the targets: B*/L^(1/alpha_B) cannot be "
+                               "fit (is the scan bracketing B_crit? see per_target)")
+    boot_b, boot_a = fit_bcrit_law_many(L, np.concatenate(boot_all, axis=1)) if n_boot else (np.array([]),) * 2
+    ci = lambda x: [float(v) for v in fitting.percentile_ci(x, level)] if np.isfinite(x).any() else [None, None]
+    return {"B_star": float(b_star[0]), "alpha_B": float(alpha[0]),
+            "ci95": {"B_star": ci(boot_b), "alpha_B": ci(boot_a)},
+            "n_boot": n_boot, "n_boot_valid": int(np.isfinite(boot_a).sum()), "level": level,
+            "per_target": per_target, "not_reached": not_reached}
+
+

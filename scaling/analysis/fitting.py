@@ -11,6 +11,9 @@ The recipe follows Hoffmann et al. 2022 (App. D.2) as corrected by Besiroglu et 
 
 float64 is enabled only inside the fitters (``jax.enable_x64`` context), never globally, because the
 trainer shares the process in tests.
+
+Size (~470 lines): one solver family (multi-start L-BFGS, variable projection, the bootstraps and the
+log-log regression they share); splitting it would scatter the shared objective code.
 """
 from __future__ import annotations
 

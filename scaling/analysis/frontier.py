@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from scaling.analysis import laws
+from scaling.core import formulas
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +29,7 @@ class Shape:
     @property
     def n_params(self) -> int:
         """Kaplan Table 1: N = 2·d_model·n_layer·(2·d_attn + d_ff) non-embedding parameters."""
-        return 2 * self.d_model * self.n_layer * (2 * self.d_attn + self.d_ff)
+        return formulas.kaplan_nonembedding_params(self.n_layer, self.d_model, self.d_attn, self.d_ff)
 
     @property
     def aspect(self) -> float:
@@ -109,7 +110,7 @@ def frontier_from_law(law, c_flops: float, fit: dict | None = None):
     if name == "kaplan_nd":
         fn = lambda N, D: laws.loss_of_nd(N, D, p["N_c"], p["D_c"], p["alpha_N"], p["alpha_D"])
         n = n_opt_numeric(fn, c_flops)
-        return n, float(fn(np.array([n]), np.array([c_flops / (6 * n)]))[0]), src
+        return n, float(fn(np.array([n]), np.array([c_flops / formulas.training_flops(n, 1.0)]))[0]), src
     raise ValueError(f"fit file {law} has law {name!r}, which gives no compute frontier; "
                      "fit law=chinchilla, isoflop, kaplan_nd or muennighoff")
 
@@ -135,15 +136,15 @@ def plan(c_flops: float, law="kaplan", fit: dict | None = None, bcrit: dict | No
     n = shape.n_params
     batch_seqs = max(1, int(round(b_crit_tokens / n_ctx)))
     batch_tokens = batch_seqs * n_ctx
-    steps = max(1, int(math.ceil(c_flops / (6.0 * n * batch_tokens))))
+    steps = max(1, int(math.ceil(c_flops / formulas.training_flops(n, batch_tokens))))
     tokens = steps * batch_tokens
     return dict(
-        compute_flops=c_flops, compute_pf_days=c_flops / laws.PF_DAY_FLOPS, law=str(law), constants=source,
+        compute_flops=c_flops, compute_pf_days=formulas.pf_days(c_flops), law=str(law), constants=source,
         N_opt=float(n_opt), N=n, shape=dataclasses.asdict(shape), aspect_ratio=shape.aspect,
         expected_loss=None if loss is None else float(loss),
         B_crit_tokens=b_crit_tokens, batch_source=batch_source, batch_size=batch_seqs, batch_tokens=batch_tokens,
         n_ctx=n_ctx, num_steps=steps, S_min=steps / (1 + b_crit_tokens / batch_tokens), D_tokens=tokens,
-        tokens_per_param=tokens / n, flops_spent=6.0 * n * tokens)
+        tokens_per_param=tokens / n, flops_spent=formulas.training_flops(n, tokens))
 
 
 def gin_text(p: dict, command: str) -> str:

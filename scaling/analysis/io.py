@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from scaling import fileio
+from scaling.core import fileio
 
 
 class InputError(ValueError):

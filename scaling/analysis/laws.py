@@ -14,12 +14,11 @@ import math
 
 import numpy as np
 
-PF_DAY_FLOPS = 8.64e19  # 1 PF-day = 1e15 FLOP/s · 86,400 s.
+from scaling.core import formulas
+from scaling.core.units import KAPLAN_TABLE5, PF_DAY as PF_DAY_FLOPS  # noqa: F401  (defined once in scaling.core)
 
 # --- published constants ------------------------------------------------------------------------
-# Kaplan Table 5 (= eqs 1.1-1.4, 5.3): single-variable fits. C constants in PF-days, B in tokens.
-KAPLAN_TABLE5 = dict(alpha_N=0.076, N_c=8.8e13, alpha_D=0.095, D_c=5.4e13, alpha_C=0.057, C_c=1.6e7,
-                     alpha_C_min=0.050, C_c_min=3.1e8, alpha_B=0.21, B_star=2.1e8, alpha_S=0.76, S_c=2.1e3)
+# Kaplan Table 5 (= eqs 1.1-1.4, 5.3): scaling.core.units.KAPLAN_TABLE5 (C in PF-days, B in tokens).
 # Kaplan Table 2: the L(N, D) fit of eq 1.5.
 KAPLAN_TABLE2 = dict(alpha_N=0.076, alpha_D=0.103, N_c=6.4e13, D_c=1.8e13)
 # Kaplan Table 3: the L(N, S) fit of eq 1.6.
@@ -86,9 +85,7 @@ def loss_of_ns(N, S_min, N_c=KAPLAN_TABLE3["N_c"], S_c=KAPLAN_TABLE3["S_c"], alp
     return (N_c / N) ** alpha_N + (S_c / S_min) ** alpha_S
 
 
-def critical_batch(L, B_star=KAPLAN_TABLE5["B_star"], alpha_B=KAPLAN_TABLE5["alpha_B"]):
-    """Eq 1.4 / 5.3: B_crit(L) = B*/L^(1/α_B), in tokens."""
-    return B_star / L ** (1.0 / alpha_B)
+critical_batch = formulas.critical_batch  # eq 1.4 / 5.3: B_crit(L) = B*/L^(1/α_B), in tokens
 
 
 def data_for_no_overfitting(N):

@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 import scipy.interpolate  # noqa: E402
 
 from scaling.analysis import isoflop as isoflop_lib  # noqa: E402
+from scaling.core import formulas  # noqa: E402
 
 _X_OF_LAW = dict(kaplan_n="N", kaplan_n_fixed_s="N", kaplan_d="D", kaplan_c="C", kaplan_nd="N", kaplan_ns="S", chinchilla="N",
                  muennighoff="D", bcrit="loss", isoflop="C")
@@ -24,18 +25,23 @@ def _save(fig, path):
     return path
 
 
+def _compute(table):
+    """The table's C column, else C = 6·N·D."""
+    return table["C"] if "C" in table else formulas.training_flops(table["N"], table["D"])
+
+
 def plot_fit(record: dict, table: dict, path: str, predict=None):
     """Data, fitted law (with bootstrap band where available) and residuals log(L̂/L) for one fit."""
     law = record["law"]
     if law == "isoflop":
-        fit = isoflop_lib.fit_isoflop(table["C"] if "C" in table else 6 * table["N"] * table["D"], table["N"],
+        fit = isoflop_lib.fit_isoflop(_compute(table), table["N"],
                                       table["loss"], record["derived"].get("method", "parabola"))
-        return plot_isoflop(table["C"] if "C" in table else 6 * table["N"] * table["D"], table["N"], table["loss"],
+        return plot_isoflop(_compute(table), table["N"], table["loss"],
                             fit, path)
     if law == "bcrit":
         return plot_bcrit(record, path)
     x_name = _X_OF_LAW[law]
-    x = np.asarray(table[x_name] if x_name in table else 6 * table["N"] * table["D"], dtype=float)
+    x = np.asarray(table[x_name] if x_name in table else _compute(table), dtype=float)
     y = np.asarray(table["loss"], dtype=float)
     fig, (ax, axr) = plt.subplots(1, 2, figsize=(11, 4.2))
     colour = np.log10(table["D"] if "D" in table and x_name != "D" else table.get("N", x))
@@ -144,7 +150,7 @@ def plot_bcrit(record, path):
     else:
         grid = np.linspace(2, 6, 100)
     p = record["params"]
-    ax.plot(grid, p["B_star"] / grid ** (1 / p["alpha_B"]), "r-",
+    ax.plot(grid, formulas.critical_batch(grid, p["B_star"], p["alpha_B"]), "r-",
             label=f"B* = {p['B_star']:.3g}, alpha_B = {p['alpha_B']:.3f}")
     ax.set_xscale("log")
     ax.set_yscale("log")

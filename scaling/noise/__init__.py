@@ -1,6 +1,6 @@
 """Gradient noise scale (McCandlish et al. 2018) and critical batch size (Kaplan et al. 2020 §5.1).
 
-Spec: ../shared/design/noise-scale.md. B is in sequences (the estimator's examples) or tokens (×n_ctx),
+Spec: docs/noise-scale.md. B is in sequences (the estimator's examples) or tokens (×n_ctx),
 as each name says.
 
 estimator   in-step raw sums S_small/S_big, three ways to get the K sub-batch gradients: strided

@@ -1,6 +1,6 @@
 """The in-step gradient-noise-scale estimator (McCandlish et al. 2018, App. A.1).
 
-Spec: ../shared/design/noise-scale.md §1. At fixed parameters θ, K sub-batch gradients g_k (each the
+Spec: docs/noise-scale.md §1. At fixed parameters θ, K sub-batch gradients g_k (each the
 gradient of the *mean* loss over b examples) give, with B = K·b and ḡ = mean_k g_k,
 
     S_small = mean_k |g_k|²          (the mean of squared norms, never the square of a mean norm)

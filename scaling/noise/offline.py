@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from scaling import fileio
+from scaling.core import fileio
 from scaling.noise import estimator
 
 

@@ -9,6 +9,8 @@ matplotlib.use("Agg")  # headless: figures are files
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from scaling.core import formulas  # noqa: E402
+
 
 def _save(fig, path):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -80,10 +82,10 @@ def plot_bcrit(result: dict, path: str):
                        for r in result["b_simple_vs_loss"] if r["run"] == run], "loss",
                   color="0.5", marker="x", alpha=0.5, label="B_simple (runs, 1% bins)" if i == 0 else None)
     grid = np.geomspace(min(losses), max(losses), 100)
-    ax.plot(grid, result["B_star"] / grid ** (1 / result["alpha_B"]), "k-",
+    ax.plot(grid, formulas.critical_batch(grid, result["B_star"], result["alpha_B"]), "k-",
             label=f"fit: B* = {result['B_star']:.3g} / L^(1/{result['alpha_B']:.3f})")
     paper = result["paper"]
-    ax.plot(grid, paper["B_star"] / grid ** (1 / paper["alpha_B"]), "k--",
+    ax.plot(grid, formulas.critical_batch(grid, paper["B_star"], paper["alpha_B"]), "k--",
             label=f"Kaplan: {paper['B_star']:.2g} / L^(1/{paper['alpha_B']})")
     ax.set_xscale("log")
     ax.set_yscale("log")

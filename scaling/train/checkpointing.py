@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from scaling import fileio
+from scaling.core import fileio
 
 CORRUPT_DIR = "checkpoints.corrupt"
 # Written beside checkpoints/ when no checkpoint restores; while it exists (and still nothing restores)

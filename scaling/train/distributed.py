@@ -34,8 +34,6 @@ ENV_PROCESS_ID = "JAX_PROCESS_ID"
 # Set by experiments.launch, which tags each child's output lines itself.
 ENV_OUTPUT_TAGGED = "SCALING_OUTPUT_TAGGED"
 
-_process_count = 1   # processes in the job this process joined (set by initialize)
-
 # Environment variables by which JAX's auto-detection recognises a cluster (for messages only;
 # jax.distributed does the detection itself).
 _CLUSTER_MARKERS = (
@@ -142,9 +140,7 @@ def initialize(config: DistributedConfig = DistributedConfig(), *, tag_output: b
             f"{type(e).__name__}: {e}. Check that every process runs with the same coordinator HOST:PORT "
             f"(reachable from all hosts), the same process count and a distinct process id, and that all "
             f"of them start within initialization_timeout={resolved.initialization_timeout}s.") from e
-    global _process_count
     index, count = jax.process_index(), jax.process_count()
-    _process_count = count
     if tag_output and count > 1 and not os.environ.get(ENV_OUTPUT_TAGGED):
         tag_process_output(index)
     print(f"distributed: process {index} of {count} joined via {resolved.coordinator_address or 'auto-detection'} "
@@ -167,14 +163,21 @@ def fail_fast():
         yield
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        if _process_count > 1 and code != 0:
+        if _joined_processes() > 1 and code != 0:
             _exit_now(code)
         raise
     except BaseException:
-        if _process_count > 1:
+        if _joined_processes() > 1:
             traceback.print_exc()
             _exit_now(1)
         raise
+
+
+def _joined_processes() -> int:
+    """Processes in the job this process joined through jax.distributed (1 when it joined none); asks JAX,
+    which holds that state, without starting a backend in a process that never joined."""
+    import jax  # pylint: disable=import-outside-toplevel
+    return jax.process_count() if jax.distributed.is_initialized() else 1
 
 
 def _exit_now(code: int) -> None:

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from scaling import fileio
+from scaling.core import fileio
 
 
 read_jsonl = fileio.read_jsonl  # tolerant: a torn line from a crash is skipped

@@ -12,314 +12,36 @@ Data flow of a run (see WORKSPACE.md):
 Steps are optimizer steps. Step s (1-based) consumes ``loader.batch(s - 1)``; a checkpoint at s holds
 the state after s updates and resumes with batch(s), so an interrupted and resumed run replays
 exactly the batches (and, on the same mesh, exactly the losses) of an uninterrupted one.
+
+The run is split by responsibility: step.py (the jitted step), state.py (set-up and compile), summary.py
+(summary.json's model fields, config.gin, finished runs); this module is the loop and its host-side
+helpers. Its names (setup, compile_steps, make_*_fn, NonFiniteLossError, ...) stay importable from here.
+Size (~400 lines): train()'s hooks (eval, checkpoint, non-finite policy, noise EMA, throughput) are still
+closures sharing the loop's state; moving them out is the remaining step of issue 18.
 """
 from __future__ import annotations
 
-import collections
-import dataclasses
-import json
 import math
 import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
-import flax.linen as nn
-import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-import models
-from models import accounting
-from scaling import configurables, fileio
-from scaling.noise import estimator as noise_estimator, smoothing as noise_smoothing
-from scaling.train import checkpointing, distributed, metrics as metrics_lib, mfu as mfu_lib, optimizers, partitioning
-from scaling.train import eval as eval_lib, losses
+from scaling.core import fileio, formulas, records
+from scaling.noise import smoothing as noise_smoothing
+from scaling.train import checkpointing, metrics as metrics_lib, mfu as mfu_lib, partitioning
+from scaling.train import eval as eval_lib
 from scaling.train import config as config_lib
 from scaling.train.config import TrainConfig
-
-# Identical random init whatever the mesh: partitionable threefry draws the same numbers sharded
-# or not (the default in recent JAX; set explicitly so sharded and unsharded runs agree).
-jax.config.update("jax_threefry_partitionable", True)
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss or gradient norm became NaN/Inf; the last good checkpoint is kept."""
-
-    def __init__(self, step: int, value: float, what: str, last_checkpoint: int | None, directory: str):
-        self.step, self.value, self.last_checkpoint = step, value, last_checkpoint
-        kept = (f"the last good checkpoint is step {last_checkpoint} in {directory}" if last_checkpoint is not None
-                else "no checkpoint had been written yet")
-        super().__init__(f"{what} became {value} at step {step}; training stopped and {kept}. "
-                         f"Lower TrainConfig.learning_rate (or raise warmup_steps) and rerun with "
-                         f"--resume_changed_config to resume from it, or set TrainConfig.nonfinite = 'skip'.")
-
-
-# --- the step ------------------------------------------------------------------------------------
-
-def make_loss_fn(apply_fn: Callable, loss_chunk_length: int = 0) -> Callable:
-    """(params, windows [B, n_ctx+1]) -> mean next-token cross-entropy (float32 nats).
-
-    ``loss_chunk_length`` > 0 forms the logits slice by slice from the model's features and
-    unembedding matrix (losses.chunked_cross_entropy) instead of all at once.
-    """
-
-    def loss_fn(params, windows):
-        inputs, targets = windows[:, :-1], windows[:, 1:]
-        if loss_chunk_length:
-            features, unembedding = apply_fn(params, inputs, features_only=True)
-            return losses.chunked_cross_entropy(features, unembedding, targets, loss_chunk_length)
-        return losses.cross_entropy(apply_fn(params, inputs), targets)
-
-    return loss_fn
-
-
-def make_grad_fn(apply_fn: Callable, microbatches: int, noise_scale: bool = True,
-                 loss_chunk_length: int = 0) -> Callable:
-    """(params, windows [B, n_ctx+1]) -> (mean loss, mean gradient, noise-scale sums).
-
-    With K = microbatches > 1 the batch is split strided into K microbatches whose mean-loss
-    gradients a lax.scan sums in float32 (scaling.noise.estimator): the same update as the whole
-    batch in 1/K of the activation memory, plus the raw sums of the gradient noise scale
-    S_small = mean_k |g_k|² (b = B/K sequences) and S_big = |mean_k g_k|² (B sequences), taken
-    before clipping (design/noise-scale.md §1.3a).
-    """
-    loss_fn = make_loss_fn(apply_fn, loss_chunk_length)
-    run = noise_estimator.microbatch_value_and_grad(jax.value_and_grad(loss_fn), microbatches, noise_scale)
-
-    def grads(params, windows):
-        loss, g, gns = run(params, windows)
-        return loss, jax.tree.map(lambda x, p: x.astype(p.dtype), g, params), gns
-
-    return grads
-
-
-def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, schedule: Callable,
-                    microbatches: int, noise_scale: bool = True, skip_nonfinite: bool = False,
-                    loss_chunk_length: int = 0) -> Callable:
-    """state, windows -> new state, metrics. state = {step, params, opt_state, rng}.
-
-    ``skip_nonfinite`` (TrainConfig.nonfinite='skip'): if the loss or gradient norm is NaN/Inf the
-    params and optimizer state are kept as they were (only the step counter advances, so the data
-    position stays in step); metrics["skipped"] is 1 for such a step.
-    """
-    grads_fn = make_grad_fn(apply_fn, microbatches, noise_scale, loss_chunk_length)
-
-    def train_step(state, windows):
-        loss, grads, extra = grads_fn(state["params"], windows)
-        grad_norm = optax.global_norm(grads)  # before clipping
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        step_metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]), **extra}
-        if skip_nonfinite:
-            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-            params, opt_state = keep(params, state["params"]), keep(opt_state, state["opt_state"])
-            step_metrics["skipped"] = 1 - finite.astype(jnp.int32)
-        new_state = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state)
-        return new_state, step_metrics
-
-    return train_step
-
-
-# --- set-up --------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class Run:
-    """Everything built once per run from TrainConfig, data and devices."""
-
-    config: TrainConfig
-    model_config: Any
-    model: nn.Module
-    mesh: jax.sharding.Mesh
-    rules: tuple
-    data: Any
-    learning_rate: float
-    warmup_steps: int
-    schedule: Callable
-    tx: optax.GradientTransformation
-    abstract_state: Any
-    state_shardings: Any
-    batch_sharding: NamedSharding
-    init_state: Callable
-    n_nonembedding: int
-    param_counts: dict
-
-
-def build_data(config: TrainConfig, n_ctx: int):
-    """LMData for the run from TrainConfig.data (DataConfig; None = its gin-bound defaults)."""
-    from data import pipeline  # data/ is imported lazily: tests may inject their own LMData
-    data_config = config.data
-    if data_config is None:
-        # The gin-registered class (scaling.configurables) applies the DataConfig.* bindings.
-        data_config = configurables.DataConfig()
-    build = lambda: pipeline.build_data(data_config, n_ctx=n_ctx, global_batch_size=config.batch_size,  # noqa: E731
-                                        seed=config.seed, process_index=jax.process_index(),
-                                        process_count=jax.process_count())
-    if jax.process_count() == 1:
-        return build()
-    # Multi-process: process 0 tokenizes (all cores) while the others wait, then they load its cache
-    # (on hosts without a shared filesystem they build their own, after the barrier).
-    if jax.process_index() == 0:
-        data = build()
-        distributed.sync("data-cache-ready")
-        return data
-    distributed.sync("data-cache-ready")
-    return build()
-
-
-# Compiled steps (and jitted inits) of this process, keyed by everything that determines the program:
-# the runs of a sweep trained in one process (experiments/sweep_inprocess.py) that share a model shape,
-# optimizer, schedule, batch and mesh reuse them instead of tracing and compiling again. Least recently
-# used first out; a few entries (each holds an executable, not the run's state).
-_COMPILED: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
-COMPILED_CACHE_SIZE = 16
-# TrainConfig fields that do not enter the step, the eval step or the init program.
-_NOT_IN_PROGRAM = ("model", "data", "seed", "eval_every", "eval_max_windows", "log_every", "checkpoint_every",
-                   "keep_checkpoints", "async_checkpointing", "progress_bar", "max_skipped_steps",
-                   "noise_scale_ema_tokens", "noise_scale_skip_steps")
-
-
-def _cached(key: tuple, build: Callable[[], Any]) -> Any:
-    if key in _COMPILED:
-        _COMPILED.move_to_end(key)
-        return _COMPILED[key]
-    value = build()
-    _COMPILED[key] = value
-    while len(_COMPILED) > COMPILED_CACHE_SIZE:
-        _COMPILED.popitem(last=False)
-    return value
-
-
-def _optimizer_key(config: TrainConfig) -> str:
-    return repr(tuple((f.name, getattr(config, f.name)) for f in dataclasses.fields(config)
-                      if f.name not in _NOT_IN_PROGRAM))
-
-
-def _mesh_key(mesh, rules) -> tuple:
-    return (tuple(mesh.shape.items()), tuple(d.id for d in mesh.devices.flat), repr(rules))
-
-
-def setup(config: TrainConfig, *, data=None, devices: Sequence[jax.Device] | None = None) -> Run:
-    if config.model is None:
-        raise ValueError("TrainConfig.model is not set; include a model gin file (e.g. gin/models/cpu_55k.gin) "
-                         "or bind TrainConfig.model = @TransformerConfig()")
-    mesh = partitioning.make_mesh(config.mesh, devices)
-    rules = partitioning.logical_rules(config.mesh)
-    partitioning.check_batch_divisible(config.batch_size, mesh, rules)
-    if config.microbatches > 1:
-        partitioning.check_batch_divisible(config.batch_size // config.microbatches, mesh, rules,
-                                           what=f"the microbatch size (batch_size {config.batch_size} / "
-                                                f"microbatches {config.microbatches})")
-    partitioning.check_batch_divisible(config.resolved_eval_batch_size, mesh, rules,
-                                       what="TrainConfig.eval_batch_size")
-
-    n_ctx = config.model.n_ctx
-    if config.loss_chunk_length:
-        losses.check_chunk_length(config.loss_chunk_length, n_ctx)
-    if data is None:
-        data = build_data(config, n_ctx)
-    model_config = dataclasses.replace(config.model, vocab_size=int(data.vocab_size))
-    model = models.build_model(model_config)
-
-    # Abstract init: shapes and logical annotations only, no FLOPs.
-    tokens = jnp.zeros((1, n_ctx), jnp.int32)
-    abstract_vars = jax.eval_shape(model.init, jax.random.key(0), tokens)
-    if set(abstract_vars) != {"params"}:
-        raise ValueError(f"model has variable collections {sorted(abstract_vars)}; the trainer expects only 'params'")
-    specs = partitioning.param_specs(abstract_vars, rules)["params"]
-    abstract_params = nn.unbox(abstract_vars)["params"]
-
-    n_nonembedding = accounting.nonembedding_params(model_config)
-    learning_rate = config.learning_rate or optimizers.kaplan_learning_rate(n_nonembedding)
-    warmup = config.resolved_warmup_steps
-    schedule = optimizers.make_schedule(config.schedule, learning_rate, config.num_steps, warmup,
-                                        decay_fraction=config.decay_fraction,
-                                        final_fraction=config.final_lr_fraction)
-    tx = optimizers.make_optimizer(config, schedule)
-
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    opt_specs = partitioning.opt_state_specs(abstract_opt, specs, abstract_params,
-                                             config.adafactor_min_dim_to_factor)
-    state_specs = {"step": P(), "params": specs, "opt_state": opt_specs, "rng": P()}
-    state_shardings = partitioning.to_shardings(state_specs, mesh)
-
-    def init_state(seed: int):
-        key = jax.random.key(seed)
-        init_key, rng = jax.random.split(key)
-        params = nn.unbox(model.init(init_key, tokens))["params"]
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-                "rng": jax.random.key_data(rng)}
-
-    abstract_state = jax.eval_shape(init_state, config.seed)
-    # Parameters are created directly in their shards (no host copy of the full model). The init runs
-    # outside the mesh context: the shardings come from out_shardings. The jitted init is shared by the
-    # runs of one process with the same model, optimizer and mesh (the in-process sweep executor).
-    jit_init = _cached(("init", repr(model_config), _optimizer_key(config), _mesh_key(mesh, rules)),
-                       lambda: jax.jit(init_state, static_argnums=0, out_shardings=state_shardings))
-
-    return Run(config=config, model_config=model_config, model=model, mesh=mesh, rules=rules,
-               data=data, learning_rate=float(learning_rate),
-               warmup_steps=warmup, schedule=schedule, tx=tx, abstract_state=abstract_state,
-               state_shardings=state_shardings, batch_sharding=partitioning.batch_sharding(mesh, rules),
-               init_state=lambda: jit_init(config.seed), n_nonembedding=n_nonembedding,
-               param_counts=accounting.param_counts(abstract_params))
-
-
-def compile_steps(run: Run, with_eval: bool = True, cache: bool = False):
-    """AOT-compiles the train (and eval) steps inside the mesh/rules context; returns (train, eval, seconds).
-
-    ``cache`` (what `train` uses): a run whose programs this process has already compiled (same model,
-    optimizer, schedule, batch and mesh: ``_optimizer_key``) gets those executables back (``_COMPILED``)."""
-    if not cache:
-        return _compile_steps(run, with_eval)
-    start = time.perf_counter()
-    mesh_key = _mesh_key(run.mesh, run.rules)
-    model_key = repr(run.model_config)
-    train_key = ("train", model_key, _optimizer_key(run.config), run.learning_rate, run.warmup_steps, mesh_key)
-    eval_key = ("eval", model_key, run.config.resolved_eval_batch_size, mesh_key)
-    hit = train_key in _COMPILED and (not with_eval or eval_key in _COMPILED)
-    if not hit:
-        train_compiled, eval_compiled, _ = _compile_steps(run, with_eval)
-        _cached(train_key, lambda: train_compiled)
-        if with_eval:
-            _cached(eval_key, lambda: eval_compiled)
-    train_compiled = _cached(train_key, lambda: None)
-    eval_compiled = _cached(eval_key, lambda: None) if with_eval else None
-    return train_compiled, eval_compiled, time.perf_counter() - start
-
-
-def _compile_steps(run: Run, with_eval: bool = True):
-    config = run.config
-    n_ctx = run.model_config.n_ctx
-
-    def apply_fn(params, inputs, **kwargs):
-        return run.model.apply({"params": params}, inputs, **kwargs)
-
-    replicated = NamedSharding(run.mesh, P())
-    rows_sharding = NamedSharding(run.mesh, P(run.batch_sharding.spec[0]))
-    train_step = jax.jit(
-        make_train_step(apply_fn, run.tx, run.schedule, config.microbatches, config.noise_scale,
-                        skip_nonfinite=config.nonfinite == "skip", loss_chunk_length=config.loss_chunk_length),
-        in_shardings=(run.state_shardings, run.batch_sharding),
-        out_shardings=(run.state_shardings, replicated),
-        donate_argnums=0)
-    eval_step = jax.jit(
-        eval_lib.make_eval_step(apply_fn, config.loss_chunk_length),
-        in_shardings=(run.state_shardings["params"], run.batch_sharding, rows_sharding),
-        out_shardings=(replicated, replicated))
-    window = lambda rows: jax.ShapeDtypeStruct((rows, n_ctx + 1), jnp.int32)
-    start = time.perf_counter()
-    with partitioning.model_context(run.mesh, run.rules):
-        train_compiled = train_step.lower(run.abstract_state, window(config.batch_size)).compile()
-        eval_rows = config.resolved_eval_batch_size
-        eval_compiled = eval_step.lower(run.abstract_state["params"], window(eval_rows),
-                                        jax.ShapeDtypeStruct((eval_rows,), jnp.float32)).compile() if with_eval else None
-    return train_compiled, eval_compiled, time.perf_counter() - start
+from scaling.train.state import (_COMPILED, COMPILED_CACHE_SIZE, TrainSetup, _default_data_config,  # noqa: F401
+                                 build_data, checkpoint_params_sha256, compile_steps, configure_jax, setup)
+from scaling.train.step import NonFiniteLossError, make_grad_fn, make_loss_fn, make_train_step  # noqa: F401
+from scaling.train.summary import finished_summary, model_summary, write_config  # noqa: F401
 
 
 # --- host helpers --------------------------------------------------------------------------------
@@ -368,57 +90,16 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _model_summary(run: Run) -> dict:
-    cfg = run.model_config
-    fpt = accounting.flops_per_token(cfg, convention="kaplan", mode="train", include_context=False)
-    fpt_ctx = accounting.flops_per_token(cfg, convention="kaplan", mode="train", include_context=True)
-    return {
-        "model_family": cfg.family,
-        "model": dataclasses.asdict(cfg),
-        "n_ctx": cfg.n_ctx,
-        "vocab_size": cfg.vocab_size,
-        # Kaplan N (formula: weight matrices of the blocks, no biases/LayerNorm) and the exact tree counts.
-        "n_params_nonembedding": run.n_nonembedding,
-        "n_params_nonembedding_exact": run.param_counts["nonembedding"],
-        "n_params_embedding": run.param_counts["embedding"],
-        "n_params_total": run.param_counts["total"],
-        "n_params_kaplan": accounting.params_for_convention(cfg, "kaplan"),
-        "n_params_chinchilla": accounting.params_for_convention(cfg, "chinchilla"),
-        "flops_per_token": fpt.flops,                      # Kaplan C ≈ 6N per token
-        "flops_per_token_with_context": fpt_ctx.flops,     # + 6·n_layer·n_ctx·d_attn
-        "flops_per_token_chinchilla": accounting.flops_per_token(cfg, "chinchilla", "train").flops,
-        "flops_per_token_mfu": accounting.mfu_flops_per_token(cfg),   # + unembedding 6·d·V: all matmuls
-        "flops_convention": fpt.convention,
-    }
-
-
-def _write_config(workdir: str, run: Run) -> None:
-    if jax.process_index() != 0:
-        return
-    operative = gin.operative_config_str()
-    if not operative.strip():
-        operative = "# TrainConfig built in Python (no gin); resolved values:\n" + "\n".join(
-            f"# {k} = {v!r}" for k, v in dataclasses.asdict(run.config).items())
-    fileio.write_text_atomic(os.path.join(workdir, "config.gin"), operative)
-
-
-def _finished_summary(workdir: str, config: TrainConfig) -> dict | None:
-    """The summary of a run in ``workdir`` that already reached config.num_steps, else None."""
-    path = os.path.join(workdir, "summary.json")
-    try:
-        with open(path) as f:
-            summary = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return summary if summary.get("steps", -1) >= config.num_steps else None
-
-
 # --- the loop ------------------------------------------------------------------------------------
 
 def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax.Device] | None = None,
           after_checkpoint: Callable[[int], None] | None = None, overwrite: bool = False,
-          resume_changed_config: bool = False, from_scratch_if_corrupt: bool = False) -> dict:
+          resume_changed_config: bool = False, from_scratch_if_corrupt: bool = False,
+          operative_config: str | None = None) -> dict:
     """Trains (or resumes) the run in ``workdir``; returns its summary.
+
+    ``config`` is the whole run (the trainer reads no gin state); ``operative_config`` is the gin text it came
+    from, written to config.gin (scaling.configurables.build_train_config returns both).
 
     ``data`` (an LMData) and ``devices`` may be injected (tests); by default the data comes from
     TrainConfig.data and the mesh spans all devices. ``after_checkpoint(step)`` is called once a
@@ -434,11 +115,11 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
     wall_start = time.time()
     workdir = checkpointing.local_workdir(workdir)  # a gs:// URL is refused, naming it
     fingerprint_fields = config_lib.fingerprint_fields(
-        config, None if config.data is not None or data is not None else configurables.DataConfig())
+        config, None if config.data is not None or data is not None else _default_data_config())
     checkpointing.check_workdir(workdir, fingerprint_fields, overwrite=overwrite,
                                 resume_changed_config=resume_changed_config,
                                 structural=config_lib.FINGERPRINT_STRUCTURAL)
-    finished = None if overwrite else _finished_summary(workdir, config)
+    finished = None if overwrite else finished_summary(workdir, config)
     if finished is not None:
         print(f"{workdir}: already finished ({finished['steps']} steps); summary.json holds the results", flush=True)
         return dict(finished, status="already_finished")
@@ -458,7 +139,7 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
 
     n_ctx = run.model_config.n_ctx
     batch_tokens = config.batch_size * n_ctx
-    model_info = _model_summary(run)
+    model_info = model_summary(run)
     flops_per_token = model_info["flops_per_token"]
     # MFU counts the attention FLOPs too (they are real work), as PaLM App. B does.
     mfu_flops_per_token = model_info["flops_per_token_mfu"]
@@ -495,7 +176,7 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
             for log in (metrics_log, eval_log):
                 checkpointing.set_aside(log.path)  # a fresh start never erases an earlier log
                 fileio.write_text_atomic(log.path, "")
-    _write_config(workdir, run)
+    write_config(workdir, run, operative_config)
     best = min(eval_records, key=lambda r: r["eval_loss"], default=None)
     best_loss = best["eval_loss"] if best else float("inf")
     best_step = best["step"] if best else None
@@ -523,7 +204,7 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
         rec = {"step": step, "tokens": step * batch_tokens, "eval_loss": result.loss,
                "eval_bpb": result.bits_per_byte, "loss_per_position": result.loss_per_position.tolist(),
                "eval_windows": result.n_windows,
-               "compute_pf_days": flops_per_token * step * batch_tokens / accounting.PF_DAY}
+               "compute_pf_days": formulas.pf_days(flops_per_token * step * batch_tokens)}
         for name, (extra_windows, extra_bpt) in (getattr(run.data, "extra_evals", None) or {}).items():
             if config.eval_max_windows:
                 extra_windows = extra_windows[:config.eval_max_windows]
@@ -599,7 +280,7 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
                "grad_norm": float(values["grad_norm"]), "tokens_per_sec": tokens_per_sec,
                "mfu": mfu_lib.mfu(mfu_flops_per_token, tokens_per_sec, peak),
                "step_time": elapsed / steps if steps else float("nan"),
-               "compute_pf_days": flops_per_token * step * batch_tokens / accounting.PF_DAY}
+               "compute_pf_days": formulas.pf_days(flops_per_token * step * batch_tokens)}
         if config.nonfinite == "skip":
             rec["skipped_steps"] = skips["total"]
         if window["gns"]:
@@ -716,7 +397,7 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
     else:
         tokens_per_sec = steps_timed * batch_tokens / session_train_time if session_train_time > 0 else float("nan")
     tokens = config.num_steps * batch_tokens
-    summary = {
+    summary = records.summary_record({
         "status": "finished",
         **model_info,
         "steps": config.num_steps,
@@ -729,13 +410,11 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
         "noise_scale_skip_steps": noise_skip if config.noise_scale else None,
         "noise_scale_ema_tokens": config.noise_scale_ema_tokens if config.noise_scale else None,
         "compute_flops": flops_per_token * tokens,
-        "compute_pf_days": flops_per_token * tokens / accounting.PF_DAY,
-        "compute_pf_days_with_context": model_info["flops_per_token_with_context"] * tokens / accounting.PF_DAY,
+        "compute_pf_days": formulas.pf_days(flops_per_token * tokens),
+        "compute_pf_days_with_context": formulas.pf_days(model_info["flops_per_token_with_context"] * tokens),
         "final_eval_loss": last_eval["eval_loss"],
         "final_eval_bpb": last_eval["eval_bpb"],
         "final_train_loss": last_loss,
-        # Bit-level identity of the final parameters (single process; the reliability tests compare it).
-        "params_sha256": checkpointing.params_sha256(state["params"]),
         "skipped_steps": skips["total"],
         "best_eval_loss": best_loss,
         "best_eval_step": best_step,
@@ -761,7 +440,7 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
         "data": getattr(run.data, "manifest", None),
         "epochs": config.num_steps * config.batch_size / run.data.train.windows_per_epoch
         if getattr(run.data.train, "windows_per_epoch", None) else None,
-    }
+    })
     if lead:
         metrics_log.close()
         eval_log.close()
@@ -770,17 +449,5 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
     return summary
 
 
-# --- gin entry point -----------------------------------------------------------------------------
-
-parse_gin = configurables.parse_gin
-
-
-def train_from_gin(gin_files: Sequence[str], gin_params: Sequence[str], workdir: str, **kwargs) -> dict:
-    """Parses gin and trains (or resumes) the run in ``workdir``; returns its summary. In-process API."""
-    parse_gin(list(gin_files), list(gin_params))
-    try:
-        config = TrainConfig()
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"bad gin configuration: {e}") from None
-    return train(config, workdir, **kwargs)
+# --- test aid ------------------------------------------------------------------------------------
 

@@ -59,10 +59,32 @@ def test_muennighoff_without_repetition_is_refused():
 
 
 def test_bcrit_pairs_and_scan():
+    # (loss, B_crit) pairs: the law fit alone.
     L = np.linspace(2.5, 5, 8)
     rec = api.fit_law("bcrit", dict(loss=L, B=laws.critical_batch(L)), n_boot=30).record
     assert rec["params"]["alpha_B"] == pytest.approx(0.21, rel=1e-9)
     assert rec["params"]["B_star"] == pytest.approx(2.1e8, rel=1e-6)
+    # A scan (loss target, batch, steps to reach it, run): per-target S = S_min + E_min/B, then B_crit(L),
+    # whole runs resampled (each run one batch size, reaching every target with a shared 5% slowness).
+    rng = np.random.default_rng(0)
+    targets, batches = np.array([3.0, 3.4, 3.8, 4.2]), 2.0 ** np.arange(14, 24)
+    rows = dict(loss=[], B=[], S=[], run=[])
+    for r, b in enumerate(np.repeat(batches, 2)):
+        slow = np.exp(0.05 * rng.standard_normal())
+        for t in targets:
+            rows["loss"].append(t), rows["B"].append(b), rows["run"].append(r)
+            rows["S"].append(1e4 / (t - 2.0) * (1 + laws.critical_batch(t) / b) * slow)
+    table = {k: np.asarray(v, dtype=float) for k, v in rows.items() if k != "run"}
+    rec = api.fit_law("bcrit", table, n_boot=100, groups=np.asarray(rows["run"])).record
+    assert rec["params"]["alpha_B"] == pytest.approx(0.21, rel=0.05)
+    assert rec["params"]["B_star"] == pytest.approx(2.1e8, rel=0.3)
+    per = rec["derived"]["per_target"]
+    assert sorted(float(k) for k in per) == pytest.approx(sorted(targets))
+    for t in targets:
+        assert per[f"{t:.6g}"]["B_crit"] == pytest.approx(laws.critical_batch(t), rel=0.1) and per[f"{t:.6g}"]["bracketed"]
+    lo, hi = rec["ci95"]["alpha_B"]
+    assert lo < 0.21 < hi and hi / lo < 1.5
+    assert "S = S_min + E_min/B" in rec["solver"]["method"]
 
 
 def test_figures_are_written(tmp_path):

@@ -23,9 +23,10 @@ def test_fixed_s_form_predicts_a_larger_rung_of_a_fixed_step_ladder():
     pure = reproduce.predict_loss("kaplan_n", points, n_target, n_boot=20)
     assert fixed["loss_pred"] == pytest.approx(truth, rel=1e-4)
     assert abs(pure["loss_pred"] - truth) > 10 * abs(fixed["loss_pred"] - truth)
-    for rec in (fixed, pure):
-        assert rec["loss_pred_lo"] is None or rec["loss_pred_lo"] <= rec["loss_pred"]
-        assert rec["loss_pred_hi"] is None or rec["loss_pred"] <= rec["loss_pred_hi"]
+    for rec in (fixed, pure):   # every prediction carries its bootstrap interval
+        assert rec["loss_pred_lo"] is not None and rec["loss_pred_hi"] is not None, rec
+        assert rec["loss_pred_lo"] <= rec["loss_pred"] <= rec["loss_pred_hi"]
+    assert fixed["loss_pred_lo"] <= truth * (1 + 1e-4) and truth * (1 - 1e-4) <= fixed["loss_pred_hi"]
     assert set(fixed["fit_params"]) == {"N_c", "L_S", "alpha_N"}
 
 

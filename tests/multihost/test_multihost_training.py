@@ -55,11 +55,11 @@ def _check(proc: subprocess.CompletedProcess, what: str) -> str:
 def train_in_process(workdir, devices: int) -> dict:
     """The same run as one process over ``devices`` of the pytest process's 8 fake CPU devices."""
     import jax
-    from scaling.train import trainer
+    from experiments import train_gin
     cwd = os.getcwd()
     os.chdir(ROOT)  # gin includes and the data cache are relative to the repository root
     try:
-        return trainer.train_from_gin(GIN_FILES, BINDINGS, str(workdir), devices=jax.devices()[:devices])
+        return train_gin.train_from_gin(GIN_FILES, BINDINGS, str(workdir), devices=jax.devices()[:devices])
     finally:
         os.chdir(cwd)
 
@@ -68,12 +68,10 @@ def global_batches() -> list:
     """The global batch of every step as the single-process run loads it."""
     from scaling import configurables
     from scaling.train import trainer
-    from scaling.train.config import TrainConfig
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
-        configurables.parse_gin(GIN_FILES, BINDINGS)
-        config = TrainConfig()
+        config, _ = configurables.build_train_config(GIN_FILES, BINDINGS)
         data = trainer.build_data(config, config.model.n_ctx)
     finally:
         os.chdir(cwd)

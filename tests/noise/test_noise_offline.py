@@ -97,7 +97,7 @@ def test_truncated_last_line_is_ignored(tmp_path):
 
 
 def test_invalid_line_inside_metrics_is_an_error_but_the_tolerant_reader_skips_it(tmp_path):
-    from scaling import fileio
+    from scaling.core import fileio
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl:2: not valid JSON"):

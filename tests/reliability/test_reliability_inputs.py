@@ -201,11 +201,14 @@ def test_continuing_longer_and_cosmetic_changes_are_allowed(owned, data):
 def test_overwrite_moves_the_old_run_aside_and_starts_fresh(owned, data, tmp_path):
     workdir = str(tmp_path / "run")
     shutil.copytree(owned, workdir)
-    first = json.load(open(os.path.join(workdir, "summary.json")))
+    one = jax.devices()[:1]
+    first = trainer.checkpoint_params_sha256(tiny(num_steps=4, checkpoint_every=2, eval_every=4), owned, data=data,
+                                             devices=one)
     before = snapshot(workdir)
     second = trainer.train(tiny(num_steps=4, checkpoint_every=2, eval_every=4, seed=1), workdir, data=data,
-                           devices=jax.devices()[:1], overwrite=True)
-    assert second["status"] == "finished" and second["params_sha256"] != first["params_sha256"]
+                           devices=one, overwrite=True)
+    assert second["status"] == "finished" and trainer.checkpoint_params_sha256(
+        tiny(num_steps=4, checkpoint_every=2, eval_every=4, seed=1), workdir, data=data, devices=one) != first
     previous = [n for n in os.listdir(workdir) if n.startswith("previous-")]
     assert len(previous) == 1
     moved = snapshot(os.path.join(workdir, previous[0]))

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from experiments import sweep_executor as executor
 from scaling import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -144,15 +145,15 @@ def test_kill_resume_failure_and_retry(sweep_file, tmp_path):
 
 def test_second_launcher_on_a_locked_root_is_refused(sweep_file, tmp_path):
     root = str(tmp_path / "root")
-    with sweep.RootLock(root):
+    with executor.RootLock(root):
         result = cli(f"--gin_file={sweep_file}", f"--root={root}")
     assert result.returncode == 3
     assert "is in use by another launcher" in result.stderr and f"pid {os.getpid()}" in result.stderr
     assert not os.path.exists(os.path.join(root, "runs"))
     # A lock left behind by a dead holder does not block (flock dies with its process).
-    subprocess.run([sys.executable, "-c", f"from scaling import sweep; sweep.RootLock({root!r}).acquire(); "
+    subprocess.run([sys.executable, "-c", f"from experiments import sweep_executor as executor; executor.RootLock({root!r}).acquire(); "
                     "import os; os._exit(0)"], cwd=REPO, check=True)
-    with sweep.RootLock(root) as lock:
+    with executor.RootLock(root) as lock:
         assert lock.fd is not None
 
 
@@ -164,7 +165,7 @@ def test_dry_run_prints_one_self_contained_command_per_run(sweep_file, tmp_path)
     assert len(lines) == 2 and all(line.startswith("cd ") and "-m experiments.train" in line for line in lines)
     assert not os.path.exists(root)                   # a dry run trains and writes nothing
     _, runs = sweep.expand(sweep_file)
-    launched = sweep.shell_command(runs[0], root, "python -m experiments.launch --num_processes=2 --")
+    launched = executor.shell_command(runs[0], root, "python -m experiments.launch --num_processes=2 --")
     # A launcher starting with `python` runs in the project's interpreter, like the run itself.
     assert launched == lines[0].replace(" && ", f" && {sys.executable} -m experiments.launch --num_processes=2 -- ", 1)
     # Run the printed command from elsewhere, as a scheduler would.

@@ -88,14 +88,24 @@ def test_config_errors():
         optimizers.make_optimizer(TrainConfig(model=MODEL, weight_decay=0.1), lambda s: 1e-3)
 
 
-def test_peak_flops_table_and_mfu():
-    assert mfu.chip_peak("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
-    assert mfu.chip_peak("NVIDIA H200", "bfloat16") == 989e12
-    assert mfu.chip_peak("NVIDIA A100-SXM4-80GB", "float32") == 156e12
-    assert mfu.chip_peak("TPU v5 lite", "bfloat16") == 197e12
-    assert mfu.chip_peak("TPU v5p", "bfloat16") == 459e12
-    assert mfu.chip_peak("TPU v4", "bfloat16") == 275e12
-    assert mfu.chip_peak("cpu") is None
+def test_peak_flops_lookup_and_mfu():
+    """The lookup, not the table's numbers: each device kind JAX reports finds its own row (substring match,
+    most specific first: a v5e is not a v5p, an H100 PCIe not an SXM), the dtype picks the column, unknown
+    kinds have no peak; one published anchor (H100 SXM: 989 dense bf16 TFLOP/s)."""
+    rows = {key: (bf16, fp32) for key, bf16, fp32 in mfu.PEAK_FLOPS}
+    reported = {"TPU v5 lite": "tpu v5 lite", "TPU v5e": "tpu v5e", "TPU v5p": "tpu v5p", "TPU v5": "tpu v5",
+                "TPU v4": "tpu v4", "NVIDIA H200": "h200", "NVIDIA H100 PCIe": "h100 pcie",
+                "NVIDIA H100 80GB HBM3": "h100", "NVIDIA A100-SXM4-80GB": "a100"}
+    for kind, key in reported.items():
+        assert mfu.chip_peak(kind, "bfloat16") == rows[key][0], kind
+        assert mfu.chip_peak(kind, "float32") == rows[key][1], kind
+        assert mfu.chip_peak(kind.upper(), "float16") == rows[key][0], kind   # case-insensitive; fp16 = bf16 peak
+    assert set(reported.values()) == set(rows)                                 # every row is reachable
+    assert all(fp32 <= bf16 for bf16, fp32 in rows.values())
+    assert mfu.chip_peak("TPU v5 lite") < mfu.chip_peak("TPU v5p") and mfu.chip_peak("NVIDIA H100 PCIe") < mfu.chip_peak(
+        "NVIDIA H100 80GB HBM3")
+    assert mfu.chip_peak("NVIDIA H100 80GB HBM3") == 989e12
+    assert mfu.chip_peak("cpu") is None and mfu.chip_peak("NVIDIA GeForce RTX 4090") is None
     assert mfu.mfu(6e6, 1e3, 1.2e10) == pytest.approx(0.5)
     peak, source = mfu.peak_flops(jax.devices()[:1])
     assert peak > 1e8 and source.startswith("measured")

@@ -81,15 +81,14 @@ def _run_record(root: str, name: str) -> dict:
 
 
 def _train(executor_name: str, sweep_file: str, root: str, workers: int | None) -> dict:
-    from experiments import sweep_inprocess
-    from scaling import sweep
-    result = sweep.run_sweep(sweep_file, root, workers=workers,
-                             executor=sweep_inprocess.executor_for(executor_name))
+    from experiments import sweep_executor, sweep_inprocess
+    result = sweep_executor.run_sweep(sweep_file, root, workers=workers,
+                                      executor=sweep_inprocess.executor_for(executor_name))
     if not result.ok:
         failed = [f"{o.run.name}: {o.error}" for o in result.outcomes if o.status != "finished"]
         raise RuntimeError(f"bench sweep ({executor_name}) did not finish: {failed}")
     runs = {r.name: _run_record(root, r.name) for r in result.runs}
-    used = min(workers or sweep.default_workers(), len(result.runs))
+    used = min(workers or sweep_executor.default_workers(), len(result.runs))
     return {"wall": result.seconds, "runs": runs, "workers": used}
 
 
@@ -105,7 +104,7 @@ def _figures(measured: dict, peak: float) -> dict:
 
 
 def run(previous: dict | None = None, tiny: bool = False) -> dict:
-    from experiments import bench_matmul
+    from experiments.bench import matmul as bench_matmul
 
     previous = previous or {}
     peak = previous.get("matmul_peak_flops_this_run") or previous.get("matmul_peak_flops")

@@ -16,7 +16,7 @@ tokens (the data pipeline is benchmarked separately):
                                 uses the best peak ever measured on the machine, the stricter figure)
   train_<rung>_compile_s        AOT compile time of the step
   torch_eager_<rung>_tokens_per_sec, torch_compile_<rung>_tokens_per_sec
-                                experiments.bench_torch: the same model, batch, sequence and Adam step
+                                experiments.bench.torch_reference: the same model, batch, sequence and Adam step
   speedup_vs_torch_eager_<rung>, speedup_vs_torch_compile_<rung>   JAX (default step) tokens/s over torch's
   speedup_k1_vs_torch_<mode>_<rung>                                  the same with the plain K = 1 step
   speedup_vs_torch_<mode>_<rung>_rounds_{median,min,max}   the ratio of each round's windows (paired, the
@@ -24,7 +24,7 @@ tokens (the data pipeline is benchmarked separately):
   speedup_vs_faster_torch_<rung>[_rounds_*]   the same against the faster of the two references (the goal)
 The torch step is the whole batch at once (PyTorch's usual step). The default JAX step does more work (the
 estimator's norms) on smaller microbatches, whose working sets fit the caches better on CPU;
-experiments/bench_noise.py separates the two effects.
+experiments/bench/noise.py separates the two effects.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ VOCAB = 4096
 STEPS = {"small": 20, "mid": 3, "large": 2}   # steps per timed window (WINDOWS rounds each)
 DEFAULT_MICROBATCHES = 4   # TrainConfig.microbatches' default: the step every training run executes
 WINDOWS = 5   # rounds: the best window gives tokens/s; the round-by-round ratios their spread
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def tiny_model_config():
@@ -184,13 +184,13 @@ def peak_for_mfu(figures: dict) -> tuple[float, str]:
         return mfu.peak_flops(devices)
     if "matmul_peak_flops" in figures:
         return figures["matmul_peak_flops"], "matmul section (best of this run and the cached best on this machine)"
-    from experiments import bench_matmul
+    from experiments.bench import matmul as bench_matmul
     return bench_matmul.measure_peak(tiny=False)["matmul_peak_flops"], "measured by the train section"
 
 
 def run(figures: dict | None = None, tiny: bool = False, torch_reference: bool = True) -> dict:
     from scaling.train import mfu
-    from experiments import bench_torch
+    from experiments.bench import torch_reference as bench_torch
 
     figures = dict(figures or {})
     if torch_reference:
@@ -206,7 +206,7 @@ def run(figures: dict | None = None, tiny: bool = False, torch_reference: bool =
     else:
         torch_missing = "not requested"
     if tiny and "matmul_peak_flops" not in figures:
-        from experiments import bench_matmul
+        from experiments.bench import matmul as bench_matmul
         figures.update(bench_matmul.run(tiny=True))
     peak, peak_source = peak_for_mfu(figures)
     batch = 8 if tiny else BATCH

@@ -1,6 +1,6 @@
-"""Benchmarks: `python -m experiments.bench [all|matmul|train|noise|data|fit|compile|memory|gpu|sweep ...] [--out=FILE.json]`.
+"""The benchmark suite behind `python -m experiments.bench [all|matmul|train|noise|data|fit|compile|memory|gpu|sweep ...] [--out=FILE.json]`.
 
-Each section lives in its own module `experiments/bench_<section>.py` exposing
+Each section lives in its own module `experiments/bench/<section>.py` exposing
 ``run(previous: dict, tiny: bool) -> dict`` that returns a flat dict of named figures (ratios are
 measured side by side in the same process). Sections run in the order given and see the figures of
 the sections before them (train divides by the matmul section's peak; data compares the loader with
@@ -8,7 +8,7 @@ the train section's consumption). ``all`` runs every section. The merged, flat J
 --out, a markdown table to FILE.md beside it and to stdout. ``--tiny`` runs every section at smoke-test
 sizes (the figures then mean nothing; the schema is the same).
 
-XLA CPU flags: experiments.bench_xla.configure() sets this project's defaults unless XLA_FLAGS is
+XLA CPU flags: experiments.bench.xla.configure() sets this project's defaults unless XLA_FLAGS is
 already set by the user.
 """
 from __future__ import annotations
@@ -20,13 +20,13 @@ import os
 import platform
 import sys
 
-from experiments import bench_xla
+from experiments.bench import xla as bench_xla
 
 bench_xla.configure()   # before jax initialises its CPU client
 
 from absl import app, flags  # noqa: E402
 
-from scaling import fileio  # noqa: E402
+from scaling.core import fileio  # noqa: E402
 
 SECTIONS = ("matmul", "train", "noise", "data", "fit", "compile", "memory", "gpu", "sweep")
 RUNGS = ("small", "mid", "large")
@@ -42,8 +42,8 @@ REQUIRED_KEYS = {
     "fit": ["fit_bootstrap_s"],
     "compile": ["compile_scan_6_s", "compile_scan_24_s", "compile_unrolled_6_s", "compile_unrolled_24_s"],
     "memory": ["memory_loss_whole_temp_bytes", "memory_loss_chunked_temp_bytes", "memory_loss_chunked_over_whole"],
-    # On an accelerator (or with --tiny); on a CPU-only machine the section writes gpu_skipped instead.
     "sweep": ["sweep_utilisation", "sweep_speedup_vs_subprocess", "sweep_overhead_fraction", "sweep_losses_equal"],
+    # On an accelerator (or with --tiny); on a CPU-only machine the section writes gpu_skipped instead.
     "gpu": [f"gpu_gpt2_small{v}_{f}" for v in ("", "_k1") for f in ("tokens_per_sec", "mfu", "compile_s")],
 }
 GPU_VARIANTS = (("", "default step (K=4 + estimator), scanned layers"), ("_k1", "K=1 step"),
@@ -180,7 +180,7 @@ def gpu_table(figures: dict) -> list[str]:
 def run_sections(names, tiny: bool = False) -> dict:
     figures = {**machine_info(), "bench_loadavg_start": "%.2f" % os.getloadavg()[0]}
     for name in names:
-        module = importlib.import_module(f"experiments.bench_{name}")
+        module = importlib.import_module(f"experiments.bench.{name}")
         print(f"== bench {name} ==", flush=True)
         result = module.run(dict(figures), tiny=tiny)
         for key, value in result.items():
@@ -217,6 +217,3 @@ def main(argv):
     print(table)
     print(f"wrote {out} and {md_path}")
 
-
-if __name__ == "__main__":
-    app.run(main)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from experiments import bench_train
+from experiments.bench import train as bench_train
 
 DEPTHS = (6, 24)
 

@@ -12,7 +12,7 @@ step) so that load from other processes on a shared machine hits all three alike
 """
 from __future__ import annotations
 
-from experiments import bench_train
+from experiments.bench import train as bench_train
 
 RUNG = "mid"
 MICROBATCHES = 4

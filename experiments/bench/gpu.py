@@ -31,7 +31,7 @@ import traceback
 import jax
 import jax.numpy as jnp
 
-from experiments import bench_train
+from experiments.bench import train as bench_train
 
 GIN = "gin/models/paper_85m.gin"
 BATCH_PER_DEVICE = 64        # sequences per step and device: 65,536 tokens, 16 sequences per microbatch at K = 4

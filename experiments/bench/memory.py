@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from experiments import bench_train
+from experiments.bench import train as bench_train
 
 VOCAB, N_CTX, BATCH, CHUNK = 50257, 1024, 8, 128
 

@@ -1,0 +1,132 @@
+"""Sections from the batch scan and the noise analysis (noise/bcrit.json, noise/smin_cmin.csv): L(N, S_min)
+(Fig. 11, eq 1.6) and B_crit(L) with B_simple (Fig. 10).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from scaling.analysis import api, laws
+from scaling.analysis import report_tables as rt
+from scaling.core import formulas
+from scaling.report.document import Report, T3, T5, fmt, log_grid, notes_text, paper_slope_line, param_ci_notes, value_range
+from scaling.report.loader import need
+
+
+def batch_scan_words(rep: Report) -> str:
+    if not rep.sweep.group("batch_scan", finished=False):
+        return "and runs.csv has no `batch_scan` group to make it from"
+    return "run `python -m experiments.noise_scale --root=...` on this sweep's `batch_scan` group"
+
+
+MAX_NS_POINTS = 150  # the eq. 1.6 bootstrap (vmapped L-BFGS) grows with points; thinning keeps each run's S range
+
+
+def smin_rows(rep: Report):
+    path = os.path.join(rep.root, "noise", "smin_cmin.csv")
+    need(os.path.exists(path), f"noise/smin_cmin.csv is absent ({batch_scan_words(rep)})")
+    rows = [r for r in rt.read_rows(path) if rt.positive(r.get("loss"))]
+    need(len(rows) > 0, f"{path} has no rows with a loss")
+    return rows
+
+
+def section_lns(rep: Report) -> list:
+    """L(N, S_min) (Fig. 11) with eq. 1.6 from noise/smin_cmin.csv."""
+    rows = [r for r in smin_rows(rep) if rt.positive(r.get("S_min")) and rt.positive(r.get("n_params_nonembedding"))]
+    n_all = len(rows)
+    rows = rt.thin_per_run(rows, MAX_NS_POINTS, key="S_min")
+    Ns = sorted({float(r["n_params_nonembedding"]) for r in rows})
+    need(len(rows) >= 6 and len(Ns) >= 2, f"noise/smin_cmin.csv has {len(rows)} usable points over {len(Ns)} model "
+                                           "sizes (eq. 1.6 has 4 parameters: need >= 6 points, >= 2 sizes)")
+    N = np.array([float(r["n_params_nonembedding"]) for r in rows])
+    S = np.array([float(r["S_min"]) for r in rows])
+    L = np.array([float(r["loss"]) for r in rows])
+    fit = api.fit_law("kaplan_ns", dict(N=N, S=S, loss=L), n_boot=rep.n_boot, seed=rep.seed)
+    p, ci = fit.record["params"], fit.record["ci95"]
+    pred = laws.loss_of_ns(N, S, p["N_c"], p["S_c"], p["alpha_N"], p["alpha_S"])
+    q = rt.fit_quality(S, L, pred)
+    notes = rt.quality_notes(q)
+    notes_n, notes_s = param_ci_notes("α_N", p, ci, "alpha_N"), param_ci_notes("α_S", p, ci, "alpha_S")
+    rep.save_fit("kaplan_ns", dict(fit.record, quality=q, notes=notes + notes_n + notes_s))
+    rng = f"N = {value_range(N)}, S_min = {value_range(S)} steps, {len(rows)} points" + (
+        f" (thinned evenly within each run from {n_all})" if n_all > len(rows) else "")
+    rep.exponent("α_N (eq 1.6)", "L(N, S_min) fit, batch-scan curves", p["alpha_N"], ci.get("alpha_N"), T3["alpha_N"],
+                 "Table 3", rng, notes + notes_n)
+    rep.exponent("α_S", "L(N, S_min) fit, batch-scan curves", p["alpha_S"], ci.get("alpha_S"), T3["alpha_S"], "Table 3",
+                 rng + " (paper S_min up to ~1e5)", notes + notes_s)
+    series = []
+    for i, n in enumerate(Ns):
+        m = N == n
+        ci_ = i / max(len(Ns) - 1, 1)
+        series.append(dict(x=S[m], y=L[m], kind="scatter", size=8, cmap_index=ci_, label=f"N = {n:.2g}"))
+        g = log_grid(S[m])
+        series.append(dict(x=g, y=laws.loss_of_ns(n, g, p["N_c"], p["S_c"], p["alpha_N"], p["alpha_S"]),
+                           kind="line", cmap_index=ci_))
+    fig = rep.figure("lns.png", [dict(title=f"L(N, S_min): α_N = {p['alpha_N']:.3f}, α_S = {p['alpha_S']:.2f}",
+                                      xlabel="S_min (steps, eq. 5.4)", ylabel="loss", ylog=True, series=series)],
+                     "L(N, S_min): Kaplan Fig. 11, eq. 1.6")
+    return [rng + ".", "",
+            f"Eq. 1.6: α_N = {rt.format_ci(p['alpha_N'], ci.get('alpha_N'), '{:.4f}')}, "
+            f"α_S = {rt.format_ci(p['alpha_S'], ci.get('alpha_S'), '{:.3f}')}, N_c = {fmt(p['N_c'])}, "
+            f"S_c = {fmt(p['S_c'])}; R² (log) {q['r2_log']:.4f} (paper Table 3: α_N = {T3['alpha_N']}, "
+            f"α_S = {T3['alpha_S']}, S_c = {T3['S_c']:.1e}).{notes_text(notes + notes_n + notes_s)}", "", fig]
+
+
+def section_bcrit(rep: Report) -> list:
+    """B_crit(L) with B_simple (Fig. 10) from noise/bcrit.json."""
+    path = os.path.join(rep.root, "noise", "bcrit.json")
+    need(os.path.exists(path), f"noise/bcrit.json is absent ({batch_scan_words(rep)})")
+    with open(path) as f:
+        b = json.load(f)
+    per = [t for t in b.get("per_target", []) if rt.positive(t.get("B_crit")) and rt.positive(t.get("target_loss"))]
+    need(rt.positive(b.get("B_star")) and rt.positive(b.get("alpha_B")), f"{path} has no fitted B_star/alpha_B")
+    ci = b.get("ci95", {})
+    Lt = np.array([t["target_loss"] for t in per])
+    Bc = np.array([t["B_crit"] for t in per])
+    notes = []
+    q = None
+    if len(per) >= 2:
+        q = rt.fit_quality(Lt, Bc, formulas.critical_batch(Lt, b["B_star"], b["alpha_B"]))
+        notes = rt.quality_notes(q)
+    notes_a = param_ci_notes("α_B", b, ci, "alpha_B")
+    unbracketed = sum(1 for t in per if not t.get("bracketed", True))
+    if unbracketed:
+        notes.append(f"{unbracketed} of {len(per)} targets are not bracketed by the scanned batches (bounds only)")
+    models = b.get("models") or []
+    rng = f"{b.get('n_runs', '?')} batch-scan runs, models {', '.join(map(str, models)) or '?'}; losses {value_range(Lt)}"
+    rep.exponent("α_B", "B_crit(L) = B*/L^(1/α_B), batch scan", b["alpha_B"], ci.get("alpha_B"), T5["alpha_B"],
+                 "Table 5 / eq 5.3", rng, notes + notes_a)
+    rep.exponent("B*", "B_crit constant (tokens)", b["B_star"], ci.get("B_star"), T5["B_star"], "Table 5",
+                 "loss scale depends on vocabulary: B* is not comparable across tokenizers", [])
+    series = []
+    if per:
+        lo = np.array([t.get("B_crit_lo") if rt.positive(t.get("B_crit_lo")) else t["B_crit"] for t in per])
+        hi = np.array([t.get("B_crit_hi") if rt.positive(t.get("B_crit_hi")) else t["B_crit"] for t in per])
+        series.append(dict(x=Lt, y=Bc, yerr=np.stack([Bc - lo, hi - Bc]), kind="errorbar", color="k",
+                           label="B_crit per target (S = S_min + E_min/B)"))
+        g = np.exp(np.linspace(np.log(Lt.min()), np.log(Lt.max()), 100))
+    else:
+        g = np.linspace(2, 6, 100)
+    series.append(dict(x=g, y=formulas.critical_batch(g, b["B_star"], b["alpha_B"]), kind="line", color="crimson",
+                       label=f"ours: B* = {b['B_star']:.2g}, α_B = {b['alpha_B']:.3f}"))
+    bs = [x for x in b.get("b_simple_vs_loss", []) if rt.positive(x.get("b_simple")) and rt.positive(x.get("loss"))]
+    if bs:
+        series.append(dict(x=[x["loss"] for x in bs], y=[x["b_simple"] for x in bs], kind="scatter", marker="^",
+                           size=10, color="tab:blue", label="B_simple (gradient noise scale)"))
+    if per:
+        series.append(paper_slope_line(Lt, Bc, -1 / T5["alpha_B"], f"paper slope 1/α_B = {1 / T5['alpha_B']:.2f}"))
+    fig = rep.figure("bcrit.png", [dict(title="critical batch vs loss", xlabel="loss (nats/token)",
+                                        ylabel="batch (tokens)", ylog=True, series=series)],
+                     "B_crit(L) and B_simple: Kaplan Fig. 10")
+    lines = [rng + ".", "",
+             f"B_crit(L) = B*/L^(1/α_B): α_B = {rt.format_ci(b['alpha_B'], ci.get('alpha_B'), '{:.3f}')}, "
+             f"B* = {rt.format_ci(b['B_star'], ci.get('B_star'), '{:.3g}')} tokens"
+             + (f", R² (log) {q['r2_log']:.3f}" if q else "")
+             + f" (paper: α_B = {T5['alpha_B']}, B* = {T5['B_star']:.1e} tokens).{notes_text(notes + notes_a)}"]
+    if bs:
+        ratio = np.median([x["b_simple"] / formulas.critical_batch(x["loss"], b["B_star"], b["alpha_B"]) for x in bs])
+        lines.append(f"B_simple at the same loss is a median {ratio:.2g}× our B_crit fit ({len(bs)} points; the paper "
+                     "finds B_simple ≈ B_crit within a small factor).")
+    return lines + ["", fig]
