@@ -72,12 +72,29 @@ def _read(path: str):
         return None
 
 
+def _final_params_sha256(root: str, name: str) -> str | None:
+    """sha256 of a run's final parameters, restored from its last checkpoint (summary.json carries no hash:
+    scaling.train.trainer.checkpoint_params_sha256, off the training path)."""
+    from scaling import configurables, sweep
+    from scaling.train import trainer
+    record = next((r for r in json.loads(_read(os.path.join(root, "sweep.json")) or "{}").get("runs", [])
+                   if r.get("name") == name), None)
+    if record is None:
+        return None
+    try:
+        config, _ = configurables.build_train_config([os.path.join(sweep.REPO_ROOT, f) for f in record["gin_files"]],
+                                                     record["gin_params"])
+    finally:
+        configurables.clear()
+    return trainer.checkpoint_params_sha256(config, os.path.join(root, "runs", name))[1]
+
+
 def _run_record(root: str, name: str) -> dict:
     workdir = os.path.join(root, "runs", name)
     summary = json.loads(_read(os.path.join(workdir, "summary.json")) or "{}")
     losses = [(r.get("step"), r.get("loss")) for r in map(json.loads, (_read(os.path.join(workdir, "metrics.jsonl"))
                                                                         or "").splitlines()) if r]
-    return {"summary": summary, "losses": losses}
+    return {"summary": summary, "losses": losses, "params_sha256": _final_params_sha256(root, name)}
 
 
 def _train(executor_name: str, sweep_file: str, root: str, workers: int | None) -> dict:
@@ -131,7 +148,7 @@ def run(previous: dict | None = None, tiny: bool = False) -> dict:
     fast, slow = _figures(inprocess, peak), _figures(subproc, peak)
     equal = inprocess["runs"].keys() == subproc["runs"].keys() and all(
         a["losses"] == subproc["runs"][name]["losses"] and len(a["losses"]) > 0
-        and a["summary"].get("params_sha256") == subproc["runs"][name]["summary"].get("params_sha256")
+        and a["params_sha256"] is not None and a["params_sha256"] == subproc["runs"][name]["params_sha256"]
         and a["summary"].get("final_eval_loss") == subproc["runs"][name]["summary"].get("final_eval_loss")
         for name, a in inprocess["runs"].items())
     long_runs = [r["summary"] for r in inprocess["runs"].values() if float(r["summary"]["wall_time_sec"]) >= 30]

@@ -50,6 +50,23 @@ def summary(root, name):
         return json.load(f)
 
 
+def final_params_sha256(root, name, sweep_file):
+    """sha256 of a run's final parameters, restored from its last checkpoint (the summary carries no hash:
+    trainer.checkpoint_params_sha256 is the test aid, off the training path)."""
+    import jax
+    from scaling import configurables, sweep
+    from scaling.train import trainer
+    run = next(r for r in sweep.expand(sweep_file)[1] if r.name == name)
+    try:
+        config, _ = configurables.build_train_config([os.path.join(REPO, f) for f in run.gin_files], run.gin_params)
+    finally:
+        configurables.clear()
+    step, digest = trainer.checkpoint_params_sha256(config, os.path.join(root, "runs", name),
+                                                    devices=jax.devices()[:1])
+    assert step == run.planned["steps"] and digest
+    return digest
+
+
 @pytest.fixture
 def sweep_file(tmp_path):
     path = tmp_path / "tiny_inprocess.gin"
@@ -114,7 +131,7 @@ def test_inprocess_kill_resume_failures_retry_and_same_losses_as_subprocess(swee
     assert result.returncode == 0, result.stderr
     for name in (FIRST, SECOND):
         assert losses(root, name) == losses(other, name) and len(losses(root, name)) > 5
-        assert summary(root, name)["params_sha256"] == summary(other, name)["params_sha256"]
+        assert final_params_sha256(root, name, sweep_file) == final_params_sha256(other, name, sweep_file)
         assert summary(root, name)["final_eval_loss"] == summary(other, name)["final_eval_loss"]
 
 

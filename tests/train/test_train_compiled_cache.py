@@ -36,13 +36,19 @@ def test_cached_steps_and_batched_fetch_give_identical_runs(synthetic_data, tmp_
     assert warm["compile_time_sec"] < 0.05 < cold["compile_time_sec"]
     assert len(trainer._COMPILED) == 3                       # eval cadence is not part of the program
     assert per_step(tmp_path / "cold") == per_step(tmp_path / "warm")
-    assert warm["params_sha256"] == cold["params_sha256"] and warm["final_eval_loss"] == cold["final_eval_loss"]
+    assert warm["final_eval_loss"] == cold["final_eval_loss"]
     # Another program (a different learning rate) compiles anew.
     other = trainer.train(make_config(learning_rate=1e-3), str(tmp_path / "other"), data=data, devices=devices)
-    assert other["compile_time_sec"] > 0.05 and other["params_sha256"] != cold["params_sha256"]
+    assert other["compile_time_sec"] > 0.05
     # Metrics read every 4 steps instead of every step: the same logged numbers at the log steps.
     batched = trainer.train(make_config(log_every=4), str(tmp_path / "batched"), data=data, devices=devices)
     logged = {s: (loss, g) for s, loss, g in per_step(tmp_path / "batched")}
     assert sorted(logged) == [4, 8, 12]
     assert all(logged[s][0] == dict((t, l) for t, l, _ in per_step(tmp_path / "cold"))[s] for s in logged)
-    assert batched["params_sha256"] == cold["params_sha256"] and batched["b_simple"] == cold["b_simple"]
+    assert batched["b_simple"] == cold["b_simple"]
+    # Final parameters, restored from each run's last checkpoint (the summary carries no hash).
+    sha = lambda name, **kw: trainer.checkpoint_params_sha256(make_config(**kw), str(tmp_path / name), data=data,
+                                                              devices=devices)[1]
+    cold_sha = sha("cold")
+    assert cold_sha and sha("warm") == cold_sha and sha("batched", log_every=4) == cold_sha
+    assert sha("other", learning_rate=1e-3) != cold_sha
