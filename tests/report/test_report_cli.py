@@ -134,10 +134,10 @@ def test_report_ladder_only_root_says_what_was_not_measured_and_reruns(tmp_path)
 def test_report_flags_a_poor_fit_in_words(tmp_path):
     synth.ladder_only_sweep(str(tmp_path), noise=0.15, seed=3)
     run_report(tmp_path, "--bootstrap=10")
-    ln = section((tmp_path / "report.md").read_text(), "L(N)")
+    ln = section((tmp_path / "report.md").read_text(), "L(N) of the final")   # the L(N) of the best losses
     line = next(ln_ for ln_ in ln.splitlines() if ln_.startswith("- **Non-embedding N**"))
     assert "poor fit: R² =" in line
-    assert fit(tmp_path, "kaplan_n")["quality"]["r2_log"] < 0.95
+    assert fit(tmp_path, "kaplan_n_final")["quality"]["r2_log"] < 0.95
 
 
 def test_report_without_runs_csv_fails_with_one_clear_line(tmp_path):
