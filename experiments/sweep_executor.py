@@ -13,6 +13,9 @@ planned}]}``. Several runs go at once with ``workers`` > 1 (default: one per cor
 thread pool), largest first. ``launcher`` (e.g. ``python -m experiments.launch --num_processes=2 --``)
 prefixes every run's command, also in ``--dry_run`` output (``shell_command``).
 
+``run_sweep(..., executor=)`` hands the runs to another executor instead of the subprocesses: the
+entry points' default is experiments/sweep_inprocess.py (long-lived processes train the runs back to back).
+
 The plan (file format, expansion, names, runs.csv) is scaling/sweep.py; this module launches entry points,
 so it lives with them. Python API (experiments.sweep, experiments.reproduce): ``run_sweep(sweep_file, root,
 only=..., exclude=...)`` -> SweepResult; ``RootLock``; ``train_command`` / ``shell_command``.

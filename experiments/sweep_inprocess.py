@@ -1,10 +1,11 @@
 """The in-process sweep executor: long-lived Python processes train a sweep's runs back to back.
 
-The subprocess executor (experiments/sweep_executor.py ``execute_run``) starts a fresh ``python -m experiments.train``
-per run: every run pays the imports, a cold compilation and its own process start-up. This executor
-keeps the process: one run after another goes through ``experiments.train_gin.train_from_gin`` (gin ->
-TrainConfig -> ``scaling.train.trainer.train``) in the same interpreter, so imports happen once, steps of identical shapes reuse their compiled executables
-(the trainer's compiled-step cache), and JAX's persistent compilation cache
+The subprocess executor (experiments/sweep_executor.py ``execute_run``) starts a fresh
+``python -m experiments.train`` per run: every run pays the imports, a cold compilation and its own process
+start-up. This executor keeps the process: one run after another goes through
+``experiments.train_gin.train_from_gin`` (gin -> TrainConfig -> ``scaling.train.trainer.train``) in the same
+interpreter, so imports happen once, steps of identical shapes reuse their compiled executables
+(the trainer's compiled-step cache, scaling/train/state.py), and JAX's persistent compilation cache
 (``.cache/scaling/jax_compilation_cache``) serves identical programs across processes and sweeps.
 
 - ``workers == 1``: the runs train in this process (the launcher's), on all of its cores.
@@ -146,11 +147,11 @@ def _outcome(run: sweep.SweepRun, root: str, result: dict) -> sweep_executor.Out
     summary = None
     if result["status"] == "finished":
         summary = fileio.read_json_object(os.path.join(sweep.run_dir(root, run.name), "summary.json"))
-    return sweep_executor.Outcome(run, result["status"], result.get("seconds", 0.0), result.get("error", ""), summary,
-                         result.get("cpu_seconds", 0.0))
+    return sweep_executor.Outcome(run, result["status"], result.get("seconds", 0.0), result.get("error", ""),
+                                  summary, result.get("cpu_seconds", 0.0))
 
 
-# --- the executor (experiments.sweep_executor.run_sweep's ``executor``) -------------------------------------------
+# --- the executor (experiments.sweep_executor.run_sweep's ``executor``) ------------------------------
 
 def execute(todo: list, root: str, workers: int, lock_fd: int | None, progress: sweep_executor.SweepProgress) -> list:
     """Trains ``todo`` (sweep.SweepRun) under ``root``; returns their Outcomes in completion order."""
