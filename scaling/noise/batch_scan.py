@@ -122,7 +122,8 @@ def law_fit_many(L, B_crit) -> tuple[np.ndarray, np.ndarray]:
         if ok.sum() < 2 or np.ptp(np.log(L[ok])) == 0:
             continue
         slope, intercept = np.polyfit(np.log(L[ok]), np.log(row[ok]), 1)
-        if slope < 0:
+        # A replicate whose B_crit falls extremely steeply (α_B → 0) has B* = e^intercept beyond float64: no law.
+        if slope < 0 and intercept < 700:
             b_star[i], alpha[i] = math.exp(intercept), -1.0 / slope
     return b_star, alpha
 

@@ -149,3 +149,11 @@ def test_targets_span_the_lower_part_of_the_common_range():
     assert half.max() < np.exp(np.log(lo) + 0.5 * (np.log(hi) - np.log(lo))) < full.max()
     with pytest.raises(ValueError, match="target_fraction"):
         batch_scan.choose_targets(runs, 10, target_fraction=0.0)
+
+
+def test_a_replicate_with_an_extremely_steep_b_crit_has_no_law_instead_of_overflowing():
+    L = np.array([4.8, 4.9, 5.0])
+    rows = np.array([1e3 * (L / 5.0) ** -500.0, 1e3 * (L / 5.0) ** -5.0])  # B* = 1e3·5^500 overflows; a real law
+    b_star, alpha = batch_scan.law_fit_many(L, rows)
+    assert np.isnan(b_star[0]) and np.isnan(alpha[0])
+    assert alpha[1] == pytest.approx(0.2) and b_star[1] == pytest.approx(1e3 * 5.0 ** 5.0)
