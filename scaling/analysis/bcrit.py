@@ -123,6 +123,8 @@ def fit_bcrit_law(L, B_crit, weights=None) -> tuple[float, float, fitting.PowerL
     fit = fitting.wls_loglog(L, B_crit, weights)
     if fit.slope >= 0:
         raise fitting.FitError(f"B_crit does not fall with the loss (slope {fit.slope:.3g} >= 0): alpha_B is undefined")
+    if fit.intercept > 700:  # B* = e^intercept beyond float64 (B_crit falls extremely steeply, α_B → 0): no law
+        raise fitting.FitError(f"B* = exp({fit.intercept:.0f}) overflows: B_crit falls too steeply for B*/L^(1/alpha_B)")
     return float(np.exp(fit.intercept)), float(-1.0 / fit.slope), fit
 
 

@@ -140,3 +140,24 @@ def test_targets_not_reachable_by_every_run_is_a_clear_error(tmp_path):
         batch_scan.choose_targets([fast, stuck])
     with pytest.raises(FileNotFoundError, match="summary.json"):
         batch_scan.load_scan_run(str(tmp_path / "nothing"))
+
+
+def test_targets_span_the_lower_part_of_the_common_range():
+    steps = np.arange(1, 11, dtype=float)
+    runs = [batch_scan.ScanRun(f"r{b}", "m", 1e4, b, 6e4, steps, steps * b, 6.0 * steps ** -0.2)
+            for b in (256.0, 1024.0)]
+    full = batch_scan.choose_targets(runs, 10, target_fraction=1.0)
+    half = batch_scan.choose_targets(runs, 10, target_fraction=0.5)
+    lo, hi = full.min(), 6.0 * 1 ** -0.2
+    assert half.min() == pytest.approx(lo)
+    assert half.max() < np.exp(np.log(lo) + 0.5 * (np.log(hi) - np.log(lo))) < full.max()
+    with pytest.raises(ValueError, match="target_fraction"):
+        batch_scan.choose_targets(runs, 10, target_fraction=0.0)
+
+
+def test_a_replicate_with_an_extremely_steep_b_crit_has_no_law_instead_of_overflowing():
+    L = np.array([4.8, 4.9, 5.0])
+    rows = np.array([1e3 * (L / 5.0) ** -500.0, 1e3 * (L / 5.0) ** -5.0])  # B* = 1e3·5^500 overflows; a real law
+    b_star, alpha = bcrit.fit_bcrit_law_many(L, rows)
+    assert np.isnan(b_star[0]) and np.isnan(alpha[0])
+    assert alpha[1] == pytest.approx(0.2) and b_star[1] == pytest.approx(1e3 * 5.0 ** 5.0)
