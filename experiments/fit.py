@@ -54,8 +54,11 @@ def run(argv_flags=FLAGS) -> dict:
     if f.predict and f.law in ("isoflop", "bcrit"):
         raise io.InputError(f"law {f.law} does not predict a loss; --predict works with loss laws "
                             "(kaplan_n/d/c/nd/ns, chinchilla, muennighoff)")
-    table = io.read_table(f.points)
-    rows = io.read_table(f.predict) if f.predict else None  # fail on a bad predict file before fitting
+    # The law's columns (checked by name in api.check_columns) must be numbers: a non-numeric cell names
+    # its row and column here.
+    needed = ("loss",) + api.REQUIRED[f.law] + ("S",)
+    table = io.read_table(f.points, positive=needed)
+    rows = io.read_table(f.predict, positive=needed[1:]) if f.predict else None  # fail before fitting
     if rows is not None:
         rows = api.check_columns(f.law, rows, need_loss=False)
     groups = None
@@ -80,6 +83,18 @@ def run(argv_flags=FLAGS) -> dict:
     return record
 
 
+def ci_lines(record: dict) -> list:
+    """One line per parameter: value, 95 % bootstrap interval, and the report's flags (spans zero, > 3x wide)."""
+    flags = api.ci_flags(record["params"], record.get("ci95") or {})
+    lines = []
+    for name, value in record["params"].items():
+        lo, hi = (record.get("ci95", {}).get(name) or [None, None])[:2]
+        interval = f"[{lo:.6g}, {hi:.6g}]" if lo is not None and hi is not None else "(no interval: --bootstrap=0)"
+        note = f"  <- {'; '.join(flags[name])}" if name in flags and lo is not None else ""
+        lines.append(f"  {name} = {value:.6g}  95% CI {interval}{note}")
+    return lines
+
+
 def main(argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}")
@@ -90,6 +105,8 @@ def main(argv):
     params = ", ".join(f"{k}={v:.6g}" for k, v in record["params"].items())
     print(f"{record['law']}: {params}; objective={record['objective']:.7g}; n_points={record['n_points']} "
           f"-> {FLAGS.out}")
+    for line in ci_lines(record):
+        print(line)
     if record["derived"].get("dropped_budgets"):
         print(f"dropped budgets (no interior minimum): {record['derived']['dropped_budgets']}", file=sys.stderr)
     if "varpro" in record["derived"] and not record["derived"]["varpro"]["agrees"]:

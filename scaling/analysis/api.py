@@ -48,12 +48,60 @@ def check_columns(law: str, table: dict, need_loss: bool = True) -> dict:
     if missing:
         raise InputError(f"law {law} needs column(s) {missing} (has {sorted(table)})")
     for c in needed:
-        v = np.asarray(table[c], dtype=np.float64)
+        v = _numeric_column(table[c], c)
         bad = np.flatnonzero(~np.isfinite(v) | (v <= 0))
         if len(bad):
             raise InputError(f"row {bad[0] + 2}, column {c!r}: value {v[bad[0]]!r} must be finite and > 0")
         table[c] = v
+    if law == "muennighoff":
+        # D' = U + U·R*·(1 − e^(−(D/U − 1)/R*)) is below U, and the loss can be NaN, when U > D: the unique
+        # tokens of a run cannot exceed the tokens it trained on.
+        bad = np.flatnonzero(table["U"] > table["D"] * (1 + 1e-12))
+        if len(bad):
+            i = bad[0]
+            raise InputError(f"row {i + 2}: U = {table['U'][i]:.6g} unique tokens > D = {table['D'][i]:.6g} tokens "
+                             f"trained on; U must be <= D (law muennighoff; {len(bad)} such row(s))")
     return table
+
+
+def _numeric_column(values, name: str) -> np.ndarray:
+    """A column as float64; a cell that is not a number is an InputError naming its row and column."""
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        pass
+    for i, value in enumerate(values):
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"row {i + 2}, column {name!r}: {value!r} is not a number") from None
+    return np.asarray([float(v) for v in values], dtype=np.float64)
+
+
+# The report's thresholds for a poorly determined parameter (scaling/analysis/report_tables.ci_notes).
+CI_RATIO_MAX = 3.0   # hi/lo of a positive parameter's 95 % interval
+CI_REL_MAX = 1.0     # interval width relative to |value|
+
+
+def ci_flags(params: dict, ci95: dict) -> dict:
+    """{parameter: [flag, ...]} for 95 % intervals that span zero, are wider than 3× (hi/lo) or than 100 %
+    of the value, or are missing; parameters with a tight interval are left out."""
+    out = {}
+    for name, value in params.items():
+        lo, hi = (ci95.get(name) or [None, None])[:2]
+        flags = []
+        if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
+            flags.append("no bootstrap interval")
+        else:
+            if lo <= 0 <= hi:
+                flags.append("the 95% interval spans zero")
+            if lo > 0 and hi / lo > CI_RATIO_MAX:
+                flags.append(f"wide: hi/lo = {hi / lo:.3g}x (> {CI_RATIO_MAX:g}x)")
+            elif isinstance(value, (int, float)) and value and (hi - lo) / abs(value) > CI_REL_MAX:
+                flags.append(f"wide: width {100 * (hi - lo) / abs(value):.0f}% of the value (> 100%)")
+        if flags:
+            out[name] = flags
+    return out
 
 
 def _ci(replicates: np.ndarray, names) -> dict:

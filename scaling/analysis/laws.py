@@ -23,6 +23,13 @@ from scaling.core.units import KAPLAN_TABLE5, PF_DAY as PF_DAY_FLOPS  # noqa: F4
 KAPLAN_TABLE2 = dict(alpha_N=0.076, alpha_D=0.103, N_c=6.4e13, D_c=1.8e13)
 # Kaplan Table 3: the L(N, S) fit of eq 1.6.
 KAPLAN_TABLE3 = dict(alpha_N=0.077, alpha_S=0.76, N_c=6.5e13, S_c=2.1e3)
+# Kaplan Appendix B (eqs B.1-B.14): ONE table for the implicit eq B.3 (its solver), the closed forms B.5 and
+# B.8-B.10, the suboptimal-size ratios of B.4 and the convergence-factor comparison B.11-B.14. Table 5's
+# single-variable constants (α_N, N_c from L(N); α_S, S_c; α_B, B*). Mixing Table 3's L(N, S) constants
+# into the solver (as before) put its N* 4 % away from B.9's at 1e21 FLOP; with one table the numeric
+# argmin of B.3 is B.9 (tests/analysis/test_analysis_laws.py).
+KAPLAN_APPENDIX_B = {k: KAPLAN_TABLE5[k] for k in ("alpha_N", "N_c", "alpha_S", "S_c", "alpha_B", "B_star")}
+_B = KAPLAN_APPENDIX_B
 # Kaplan Table 6: compute-efficient frontier, X = X_e · C_min^p_X with C_min in PF-days.
 KAPLAN_TABLE6 = dict(p_N=0.73, N_e=1.3e9, p_B=0.24, B_e=2.0e6, p_S=0.03, S_e=5.4e3, p_D=0.27, D_e=2e10)
 
@@ -124,9 +131,8 @@ def early_stopping_step_bound(N, D, S_c=KAPLAN_TABLE3["S_c"], N_c=KAPLAN_TABLE2[
 
 
 # --- Kaplan Appendix B: the compute-efficient frontier in closed form --------------------------
-def loss_of_n_and_compute(N, c_flops, L, N_c=KAPLAN_TABLE3["N_c"], S_c=KAPLAN_TABLE3["S_c"],
-                          alpha_N=KAPLAN_TABLE3["alpha_N"], alpha_S=KAPLAN_TABLE3["alpha_S"],
-                          B_star=KAPLAN_TABLE5["B_star"], alpha_B=KAPLAN_TABLE5["alpha_B"]):
+def loss_of_n_and_compute(N, c_flops, L, N_c=_B["N_c"], S_c=_B["S_c"], alpha_N=_B["alpha_N"], alpha_S=_B["alpha_S"],
+                          B_star=_B["B_star"], alpha_B=_B["alpha_B"]):
     """Eq B.3 at a given loss L inside B_crit: (N_c/N)^α_N + (6 B* S_c N/(L^(1/α_B) C))^α_S.
 
     B.3 is implicit in L (the critical batch depends on the loss reached); `loss_of_n_at_compute`
@@ -143,7 +149,7 @@ def loss_of_n_at_compute(N, c_flops, **consts):
     """
     import scipy.optimize
 
-    floor = loss_of_n(N, consts.get("N_c", KAPLAN_TABLE3["N_c"]), consts.get("alpha_N", KAPLAN_TABLE3["alpha_N"]))
+    floor = loss_of_n(N, consts.get("N_c", _B["N_c"]), consts.get("alpha_N", _B["alpha_N"]))
     gap = lambda L: L - loss_of_n_and_compute(N, c_flops, L, **consts)
     hi = 2 * floor
     while gap(hi) < 0:
@@ -151,44 +157,41 @@ def loss_of_n_at_compute(N, c_flops, **consts):
     return scipy.optimize.brentq(gap, floor, hi, xtol=1e-15, rtol=1e-15)
 
 
-def alpha_c_min(alpha_N=KAPLAN_TABLE5["alpha_N"], alpha_S=KAPLAN_TABLE5["alpha_S"], alpha_B=KAPLAN_TABLE5["alpha_B"]):
+def alpha_c_min(alpha_N=_B["alpha_N"], alpha_S=_B["alpha_S"], alpha_B=_B["alpha_B"]):
     """Eq B.7/B.8: α_C^min = 1/(1/α_S + 1/α_B + 1/α_N) (0.0520 with Table 5's exponents)."""
     return 1.0 / (1.0 / alpha_S + 1.0 / alpha_B + 1.0 / alpha_N)
 
 
-def frontier_exponents(alpha_N=KAPLAN_TABLE5["alpha_N"], alpha_S=KAPLAN_TABLE5["alpha_S"],
-                       alpha_B=KAPLAN_TABLE5["alpha_B"]):
+def frontier_exponents(alpha_N=_B["alpha_N"], alpha_S=_B["alpha_S"], alpha_B=_B["alpha_B"]):
     """Eqs B.9-B.10: N ∝ C^(α_C/α_N), B ∝ C^(α_C/α_B), S ∝ C^(α_C/α_S); the three sum to one."""
     a_c = alpha_c_min(alpha_N, alpha_S, alpha_B)
     return dict(alpha_C_min=a_c, p_N=a_c / alpha_N, p_B=a_c / alpha_B, p_S=a_c / alpha_S)
 
 
-def compute_constant_c_c(N_c=KAPLAN_TABLE5["N_c"], S_c=KAPLAN_TABLE5["S_c"], B_star=KAPLAN_TABLE5["B_star"],
-                         alpha_N=KAPLAN_TABLE5["alpha_N"], alpha_S=KAPLAN_TABLE5["alpha_S"]):
+def compute_constant_c_c(N_c=_B["N_c"], S_c=_B["S_c"], B_star=_B["B_star"], alpha_N=_B["alpha_N"],
+                         alpha_S=_B["alpha_S"]):
     """Eq B.8: C_c = 6 N_c B* S_c (1+α_N/α_S)^(1/α_S+1/α_N) (α_S/α_N)^(1/α_S), in FLOPs."""
     return (6 * N_c * B_star * S_c * (1 + alpha_N / alpha_S) ** (1 / alpha_S + 1 / alpha_N)
             * (alpha_S / alpha_N) ** (1 / alpha_S))
 
 
-def optimal_n_of_compute(c_flops, N_c=KAPLAN_TABLE5["N_c"], S_c=KAPLAN_TABLE5["S_c"], B_star=KAPLAN_TABLE5["B_star"],
-                         alpha_N=KAPLAN_TABLE5["alpha_N"], alpha_S=KAPLAN_TABLE5["alpha_S"],
-                         alpha_B=KAPLAN_TABLE5["alpha_B"]):
+def optimal_n_of_compute(c_flops, N_c=_B["N_c"], S_c=_B["S_c"], B_star=_B["B_star"], alpha_N=_B["alpha_N"],
+                         alpha_S=_B["alpha_S"], alpha_B=_B["alpha_B"]):
     """Eq B.9: N(C_min) = N_c (C/C_c)^(α_C/α_N) (1+α_N/α_S)^(1/α_N), C in FLOPs."""
     a_c = alpha_c_min(alpha_N, alpha_S, alpha_B)
     c_c = compute_constant_c_c(N_c, S_c, B_star, alpha_N, alpha_S)
     return N_c * (c_flops / c_c) ** (a_c / alpha_N) * (1 + alpha_N / alpha_S) ** (1 / alpha_N)
 
 
-def optimal_steps_of_compute(c_flops, N_c=KAPLAN_TABLE5["N_c"], S_c=KAPLAN_TABLE5["S_c"],
-                             B_star=KAPLAN_TABLE5["B_star"], alpha_N=KAPLAN_TABLE5["alpha_N"],
-                             alpha_S=KAPLAN_TABLE5["alpha_S"], alpha_B=KAPLAN_TABLE5["alpha_B"]):
+def optimal_steps_of_compute(c_flops, N_c=_B["N_c"], S_c=_B["S_c"], B_star=_B["B_star"], alpha_N=_B["alpha_N"],
+                             alpha_S=_B["alpha_S"], alpha_B=_B["alpha_B"]):
     """Eq B.10: S_min(C_min) = C_c/(6 N_c B*) (1+α_N/α_S)^(−1/α_N) (C/C_c)^(α_C/α_S)."""
     a_c = alpha_c_min(alpha_N, alpha_S, alpha_B)
     c_c = compute_constant_c_c(N_c, S_c, B_star, alpha_N, alpha_S)
     return c_c / (6 * N_c * B_star) * (1 + alpha_N / alpha_S) ** (-1 / alpha_N) * (c_flops / c_c) ** (a_c / alpha_S)
 
 
-def converged_loss_excess(alpha_N=KAPLAN_TABLE5["alpha_N"], alpha_S=KAPLAN_TABLE5["alpha_S"]):
+def converged_loss_excess(alpha_N=_B["alpha_N"], alpha_S=_B["alpha_S"]):
     """Eq B.5: L(N_eff(C), C) = (1 + α_N/α_S) L(N_eff, ∞): compute-efficient runs stop ~10 % above convergence."""
     return 1 + alpha_N / alpha_S
 
@@ -216,16 +219,57 @@ def compute_of_loss_gap(N, L_excess, L, S_c=KAPLAN_TABLE3["S_c"], alpha_S=KAPLAN
     return 6 * N * critical_batch(L, B_star, alpha_B) * steps_of_loss_gap(L_excess, S_c, alpha_S)
 
 
-def suboptimal_steps_ratio(n_over_n_eff, alpha_N=KAPLAN_TABLE5["alpha_N"], alpha_S=KAPLAN_TABLE5["alpha_S"]):
+def _is_concrete(x) -> bool:
+    return isinstance(x, (float, int, np.ndarray, np.generic))
+
+
+def min_reachable_size_ratio(alpha_N=_B["alpha_N"], alpha_S=_B["alpha_S"]) -> float:
+    """App. B.4: the smallest N/N_eff that can reach N_eff's compute-efficient loss at all,
+    (1 + α_N/α_S)^(−1/α_N) ≈ 0.285: a smaller model's converged loss L(N, ∞) is already above it."""
+    return (1 + alpha_N / alpha_S) ** (-1.0 / alpha_N)
+
+
+def suboptimal_steps_ratio(n_over_n_eff, alpha_N=_B["alpha_N"], alpha_S=_B["alpha_S"]):
     """App. B.4 (Fig. 12): S(N)/S(N_eff) = [1 + (α_S/α_N)(1 − (N_eff/N)^α_N)]^(−1/α_S) at equal loss,
-    for a model N instead of the compute-efficient N_eff for that loss."""
+    for a model N instead of the compute-efficient N_eff for that loss.
+
+    Defined for N/N_eff > `min_reachable_size_ratio` (≈ 0.285); at or below it no number of steps
+    reaches the loss (the bracket is <= 0: a Python float would give a complex number, numpy NaN), so
+    that is a ValueError naming the limit.
+    """
     x = n_over_n_eff
-    return (1 + (alpha_S / alpha_N) * (1 - x ** (-alpha_N))) ** (-1.0 / alpha_S)
+    base = 1 + (alpha_S / alpha_N) * (1 - x ** (-alpha_N))
+    if _is_concrete(base) and not np.all(np.asarray(base) > 0):
+        bad = np.asarray(x)[np.asarray(base) <= 0] if np.ndim(x) else np.asarray([x])
+        raise ValueError(f"N/N_eff = {bad.ravel()[:5].tolist()} cannot reach N_eff's compute-efficient loss: a model "
+                         f"smaller than {min_reachable_size_ratio(alpha_N, alpha_S):.4f} x N_eff converges above it "
+                         f"(App. B.4, (1 + alpha_N/alpha_S)^(-1/alpha_N)); use N/N_eff above that")
+    return base ** (-1.0 / alpha_S)
 
 
-def suboptimal_compute_ratio(n_over_n_eff, alpha_N=KAPLAN_TABLE5["alpha_N"], alpha_S=KAPLAN_TABLE5["alpha_S"]):
-    """App. B.4 (Fig. 12): C(N)/C(N_eff) = (N/N_eff)·S(N)/S(N_eff) (same loss, so the same B_crit)."""
+def suboptimal_compute_ratio(n_over_n_eff, alpha_N=_B["alpha_N"], alpha_S=_B["alpha_S"]):
+    """App. B.4 (Fig. 12): C(N)/C(N_eff) = (N/N_eff)·S(N)/S(N_eff) (same loss, so the same B_crit).
+    A ValueError below `min_reachable_size_ratio`, as `suboptimal_steps_ratio`."""
     return n_over_n_eff * suboptimal_steps_ratio(n_over_n_eff, alpha_N, alpha_S)
+
+
+def convergence_factor_comparison(f=None, f_prime=0.02, alpha_N=_B["alpha_N"], alpha_S=_B["alpha_S"]) -> dict:
+    """Kaplan App. B (eqs B.11-B.14): training to a convergence factor f, L(N, S) = (1 + f)·L(N, ∞) (B.11),
+    against the usual f′ (the paper takes 2 %), at the same loss. From L(N, S) = (N_c/N)^α_N + (S_c/S)^α_S:
+
+        N_f / N_f′ = ((1 + f)/(1 + f′))^(1/α_N)                       (B.12, ≈ 2.7)
+        S_f / S_f′ = ((1 + 1/f)/(1 + 1/f′))^(1/α_S)                   (B.13, ≈ 0.13)
+        C_f / C_f′ = (N_f / N_f′)·(S_f / S_f′)                          (B.14, ≈ 0.35; same loss, same B_crit)
+
+    ``f`` defaults to the compute-efficient α_N/α_S (eq B.5, ≈ 10 %). Returns the three ratios and f, f′.
+    """
+    f = alpha_N / alpha_S if f is None else f
+    for name, value in (("f", f), ("f_prime", f_prime)):
+        if not value > 0:
+            raise ValueError(f"convergence factor {name} must be > 0 (L = (1 + f) L(N, inf)), got {value!r}")
+    n_ratio = ((1 + f) / (1 + f_prime)) ** (1.0 / alpha_N)
+    s_ratio = ((1 + 1 / f) / (1 + 1 / f_prime)) ** (1.0 / alpha_S)
+    return dict(f=f, f_prime=f_prime, n_ratio=n_ratio, s_ratio=s_ratio, c_ratio=n_ratio * s_ratio)
 
 
 # --- Chinchilla (Hoffmann et al. 2022) ------------------------------------------------------------
@@ -249,7 +293,16 @@ def chinchilla_frontier(c_flops, A, B, alpha, beta, E=None):
 
 # --- Muennighoff et al. 2023: data-constrained scaling -------------------------------------------
 def effective_data(D, U_D, R_D_star):
-    """D′ = U_D + U_D·R_D*·(1 − e^(−R_D/R_D*)), R_D = D/U_D − 1 repeated epochs (eq 5)."""
+    """D′ = U_D + U_D·R_D*·(1 − e^(−R_D/R_D*)), R_D = D/U_D − 1 repeated epochs (eq 5).
+
+    U_D > D (more unique tokens than tokens trained on) would give D′ < D, or a NaN loss: a ValueError.
+    """
+    if _is_concrete(D) and _is_concrete(U_D):
+        bad = np.flatnonzero(np.atleast_1d(np.asarray(U_D) > np.asarray(D) * (1 + 1e-12)))
+        if len(bad):
+            raise ValueError(f"unique tokens U_D exceed the tokens trained on D (element {int(bad[0])}: U_D = "
+                             f"{np.ravel(np.broadcast_to(U_D, np.broadcast(D, U_D).shape))[bad[0]]:.6g} > D = "
+                             f"{np.ravel(np.broadcast_to(D, np.broadcast(D, U_D).shape))[bad[0]]:.6g}); U_D <= D")
     R_D = D / U_D - 1.0
     return U_D + U_D * R_D_star * (1.0 - _exp(-R_D / R_D_star))
 

@@ -9,7 +9,8 @@ gradient of the *mean* loss over b examples) give, with B = K·b and ḡ = mean_
     trΣ     ≈ (S_small − S_big) / (1/b − 1/B)         unbiased
 
 B_simple = trΣ/|G|² is a ratio, hence biased: average numerator and denominator separately first
-(scaling.noise.smoothing, scaling.noise.offline). Norms are squared in float32 and summed over every
+(scaling.noise.smoothing, scaling.noise.offline). Norms are squared in float32 (float64 for float64
+gradients in 64-bit mode: the scan carry follows the gradient dtype) and summed over every
 leaf (with GSPMD the reduction over model shards is exact; nothing is reduced over `data` first).
 
 Three ways to get the K sub-batch gradients, all returning (mean loss, mean grad, {gns_s_small, gns_s_big}):
@@ -25,9 +26,17 @@ import jax
 import jax.numpy as jnp
 
 
+def accumulation_dtype(dtype) -> jnp.dtype:
+    """float32 for bf16/fp16/float32 values, float64 for float64 ones (64-bit mode): never narrower than
+    float32 (bf16/fp16 squares overflow or lose the noise), never narrower than the values."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def sqnorm(tree) -> jax.Array:
-    """Σ x² over every leaf, in float32 (bf16/fp16 squares overflow or lose the noise)."""
-    return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree))
+    """Σ x² over every leaf, in float32 or the leaves' wider dtype (bf16/fp16 squares overflow or lose the noise)."""
+    leaves = jax.tree.leaves(tree)
+    dtype = accumulation_dtype(jnp.result_type(*leaves)) if leaves else jnp.float32
+    return sum(jnp.sum(jnp.square(x.astype(dtype))) for x in leaves)
 
 
 def check_gradient_samples(microbatches: int, data_shards: int = 1) -> None:
@@ -86,18 +95,25 @@ def microbatch_value_and_grad(value_and_grad: Callable, microbatches: int, noise
     def run(params, batch):
         if microbatches == 1:
             loss, g = value_and_grad(params, batch)
-            return loss, jax.tree.map(lambda x: x.astype(jnp.float32), g), {}
+            return loss, jax.tree.map(lambda x: x.astype(accumulation_dtype(x.dtype)), g), {}
         split = strided_split(batch, microbatches)
+        # The scan carry follows the dtypes of the loss and gradients (float32, or float64 in 64-bit mode):
+        # a carry fixed to float32 fails against a float64 body output.
+        shapes = jax.eval_shape(value_and_grad, params, jax.tree.map(lambda x: x[0], split))
+        loss_dtype = accumulation_dtype(shapes[0].dtype)
+        g_dtypes = jax.tree.map(lambda x: accumulation_dtype(x.dtype), shapes[1])
+        sq_dtype = accumulation_dtype(jnp.result_type(*jax.tree.leaves(g_dtypes))) if jax.tree.leaves(g_dtypes) \
+            else jnp.float32
 
         def body(carry, mb):
             loss_sum, g_sum, sq_sum = carry
             loss, g = value_and_grad(params, mb)
-            g = jax.tree.map(lambda x: x.astype(jnp.float32), g)
-            sq = sqnorm(g) if noise_sums else jnp.zeros((), jnp.float32)
-            return (loss_sum + loss, jax.tree.map(jnp.add, g_sum, g), sq_sum + sq), None
+            g = jax.tree.map(lambda x, d: x.astype(d), g, g_dtypes)
+            sq = sqnorm(g).astype(sq_dtype) if noise_sums else jnp.zeros((), sq_dtype)
+            return (loss_sum + loss.astype(loss_dtype), jax.tree.map(jnp.add, g_sum, g), sq_sum + sq), None
 
-        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-        init = (jnp.zeros((), jnp.float32), zeros, jnp.zeros((), jnp.float32))
+        zeros = jax.tree.map(lambda x, d: jnp.zeros(x.shape, d), shapes[1], g_dtypes)
+        init = (jnp.zeros((), loss_dtype), zeros, jnp.zeros((), sq_dtype))
         if varying_axis is not None:  # inside shard_map the carry must vary over the axis like the body's output
             init = jax.lax.pcast(init, varying_axis, to="varying")
         (loss_sum, g_sum, sq_sum), _ = jax.lax.scan(body, init, split)

@@ -42,26 +42,23 @@ def make_schedule(kind: str, peak: float, num_steps: int, warmup_steps: int, *,
     """
     if kind not in ("cosine", "constant", "wsd"):
         raise ValueError(f"unknown schedule {kind!r}; choose cosine, constant or wsd")
+    # optax's schedules, composed to give the formulas above (tests/train/test_train_schedules.py checks
+    # them against the written-out formulas): warmup = linear from peak/W at step 0 to peak at step W-1.
     final = peak * final_fraction
     warmup_steps = max(0, min(warmup_steps, num_steps))
-    decay_steps = max(1, num_steps - warmup_steps)
-    wsd_decay = max(1, round(decay_fraction * num_steps))
-    wsd_start = num_steps - wsd_decay
-
-    def schedule(step):
-        step = jnp.asarray(step, jnp.float32)
-        warm = jnp.minimum(1.0, (step + 1.0) / max(1, warmup_steps)) if warmup_steps else 1.0
-        if kind == "constant":
-            return peak * warm
-        if kind == "cosine":
-            progress = jnp.clip((step - warmup_steps) / decay_steps, 0.0, 1.0)
-            decayed = final + (peak - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-            return jnp.where(step < warmup_steps, peak * warm, decayed)
-        progress = jnp.clip((step - wsd_start) / wsd_decay, 0.0, 1.0)
-        decayed = peak + (final - peak) * progress
-        return jnp.where(step < warmup_steps, peak * warm, decayed)
-
-    return schedule
+    warmup = optax.linear_schedule(peak / max(1, warmup_steps), peak, max(0, warmup_steps - 1))
+    if kind == "constant":
+        after = optax.constant_schedule(peak)
+    elif kind == "cosine":
+        after = optax.cosine_decay_schedule(peak, decay_steps=max(1, num_steps - warmup_steps), alpha=final_fraction)
+    else:
+        wsd_decay = max(1, round(decay_fraction * num_steps))
+        # The decay starts at an absolute step (it may begin inside a long warmup): join_schedules hands
+        # the second schedule step - warmup_steps, so shift it back.
+        decay = optax.linear_schedule(peak, final, wsd_decay, transition_begin=num_steps - wsd_decay)
+        after = lambda count: decay(count + warmup_steps)  # noqa: E731
+    joined = optax.join_schedules([warmup, after], [warmup_steps])
+    return lambda step: jnp.asarray(joined(jnp.asarray(step, jnp.int32)), jnp.float32)
 
 
 # Decoupled weight decay is applied by parameter *name*, not rank: with nn.scan over layers every bias

@@ -16,8 +16,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from optax._src import factorized
 
 from models import axes
 from scaling.train.config import MeshConfig
@@ -135,18 +135,34 @@ def _same_shape_spec(leaf, spec: P, param) -> P:
     return spec if tuple(leaf.shape) == tuple(param.shape) else P()
 
 
-def factored_state_specs(state: factorized.FactoredState, specs, params, min_dim_size_to_factor: int):
+def factored_dims(shape, min_dim_size_to_factor: int) -> tuple[int, int] | None:
+    """(second largest dim d1, largest dim d0) that optax's Adafactor factors a parameter of ``shape`` over,
+    or None when it keeps a full second moment (fewer than 2 dims, or d1 smaller than the threshold).
+
+    optax keeps this rule private (``optax._src.factorized._factored_dims``); it is restated here and
+    tests/train/test_train_sharding.py::test_factored_dims_match_optax checks it against the shapes of the
+    state optax's public ``scale_by_factored_rms`` actually creates, so an optax change fails that test.
+    """
+    if len(shape) < 2:
+        return None
+    sorted_dims = np.argsort(shape)
+    if shape[sorted_dims[-2]] < min_dim_size_to_factor:
+        return None
+    return int(sorted_dims[-2]), int(sorted_dims[-1])
+
+
+def factored_state_specs(state: optax.FactoredState, specs, params, min_dim_size_to_factor: int):
     """Shardings of optax's Adafactor ``FactoredState`` from the parameter shardings.
 
     For a factored parameter optax keeps ``v_row`` = mean of g² over the largest dim d0 and ``v_col``
-    = mean over the second largest d1 (``factorized._factored_dims``); each keeps the parameter's
+    = mean over the second largest d1 (`factored_dims`); each keeps the parameter's
     sharding on the dims that survive. Unfactored parameters keep a full ``v`` sharded like the
     parameter; the (1,) placeholders are replicated.
     """
     def reduced(which: int):
         # which = 1: v_row drops d0 (the largest dim); which = 0: v_col drops d1.
         def spec_of(leaf, spec, param):
-            dims = factorized._factored_dims(param.shape, True, min_dim_size_to_factor)
+            dims = factored_dims(param.shape, min_dim_size_to_factor)
             if dims is None or leaf.ndim != param.ndim - 1:
                 return P()
             entries = _padded(spec, param.ndim)
@@ -154,7 +170,7 @@ def factored_state_specs(state: factorized.FactoredState, specs, params, min_dim
             return P(*entries)
         return spec_of
 
-    return factorized.FactoredState(
+    return optax.FactoredState(
         count=P(),
         v_row=jax.tree.map(reduced(1), state.v_row, specs, params),
         v_col=jax.tree.map(reduced(0), state.v_col, specs, params),
@@ -172,7 +188,7 @@ def opt_state_specs(abstract_state, specs, abstract_params, min_dim_size_to_fact
     params_def = jax.tree.structure(abstract_params)
 
     def walk(node):
-        if isinstance(node, factorized.FactoredState):
+        if isinstance(node, optax.FactoredState):
             return factored_state_specs(node, specs, abstract_params, min_dim_size_to_factor)
         if jax.tree.structure(node) == params_def:
             return jax.tree.map(_same_shape_spec, node, specs, abstract_params)

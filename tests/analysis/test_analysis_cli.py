@@ -184,3 +184,42 @@ def test_plan_chinchilla_law_uses_tex_frontier():
     assert p["expected_loss"] == pytest.approx(laws.chinchilla_loss(p["N_opt"], 5.88e23 / 6 / p["N_opt"],
                                                                     **laws.CHINCHILLA_TEX), rel=1e-9)
     assert p["flops_spent"] == pytest.approx(5.88e23, rel=0.01)
+
+
+# --- issue 21 items 10, 11 ---------------------------------------------------------------------------------
+
+def test_non_numeric_cell_names_row_and_column(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("N,loss\n1e6,4.0\n2e6,3.9\n4e6,three\n8e6,3.5\n")
+    out = tmp_path / "fit.json"
+    assert_refused(cli("experiments.fit", "--law=kaplan_n", f"--points={path}", f"--out={out}"), str(out),
+                   "row 4, column 'loss': 'three' is not a number")
+    from scaling.analysis import api
+    table = dict(N=np.array(["1e6", "2e6", "x4", "8e6"], dtype=object), loss=np.array([4.0, 3.9, 3.7, 3.5]))
+    with pytest.raises(io.InputError, match="row 4, column 'N': 'x4' is not a number"):
+        api.check_columns("kaplan_n", table)
+
+
+def test_muennighoff_row_with_more_unique_tokens_than_tokens_is_refused(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text("N,D,U,loss\n1e8,4e9,1e9,3.0\n1e8,1e9,2e9,3.1\n2e8,4e9,1e9,2.9\n")
+    out = tmp_path / "fit.json"
+    assert_refused(cli("experiments.fit", "--law=muennighoff", f"--points={path}", f"--out={out}"), str(out),
+                   "row 3: U = 2e+09 unique tokens > D = 1e+09")
+
+
+def test_fit_prints_each_ci_and_flags_poor_ones(tmp_path):
+    from scaling.analysis import api
+    flags = api.ci_flags(dict(a=1.0, b=2.0, c=-0.1, d=5.0), dict(a=[0.9, 1.1], b=[0.5, 4.0], c=[-0.3, 0.2]))
+    assert "a" not in flags
+    assert any("hi/lo = 8x" in f for f in flags["b"])
+    assert any("spans zero" in f for f in flags["c"])
+    assert flags["d"] == ["no bootstrap interval"]
+    rng = np.random.default_rng(1)
+    N = np.logspace(6, 6.3, 4)  # a narrow, noisy range: N_c is poorly determined
+    io.write_csv(str(tmp_path / "p.csv"), dict(N=N, loss=laws.loss_of_n(N) * np.exp(0.02 * rng.standard_normal(4))))
+    proc = cli("experiments.fit", "--law=kaplan_n", f"--points={tmp_path / 'p.csv'}",
+               f"--out={tmp_path / 'fit.json'}", "--bootstrap=50")
+    assert proc.returncode == 0, proc.stderr
+    assert "alpha_N = " in proc.stdout and "95% CI [" in proc.stdout and "N_c = " in proc.stdout
+    assert "<- " in proc.stdout and "wide" in proc.stdout, proc.stdout

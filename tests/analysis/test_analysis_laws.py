@@ -24,9 +24,10 @@ def test_frontier_exponents_sum_to_one():
     assert p3["alpha_C_min"] == pytest.approx(0.0525, abs=1e-4)
 
 
-def _numeric_n_opt(c_flops):
-    """Brute-force argmin over N of eq B.3 (Table 3 constants), the implicit loss solved exactly."""
-    res = scipy.optimize.minimize_scalar(lambda ln: laws.loss_of_n_at_compute(math.exp(ln), c_flops),
+def _numeric_n_opt(c_flops, **consts):
+    """Brute-force argmin over N of eq B.3 (given constants, else the Appendix B table), the implicit loss
+    solved exactly."""
+    res = scipy.optimize.minimize_scalar(lambda ln: laws.loss_of_n_at_compute(math.exp(ln), c_flops, **consts),
                                          bounds=(math.log(1e3), math.log(1e15)), method="bounded",
                                          options=dict(xatol=1e-10))
     return math.exp(res.x), res.fun
@@ -35,7 +36,7 @@ def _numeric_n_opt(c_flops):
 def test_numeric_minimisation_of_b3_matches_b9():
     consts = dict(N_c=T3["N_c"], S_c=T3["S_c"], alpha_N=T3["alpha_N"], alpha_S=T3["alpha_S"])
     budgets = np.array([1e18, 1e20, 1e22])
-    found = [_numeric_n_opt(c) for c in budgets]
+    found = [_numeric_n_opt(c, **consts) for c in budgets]
     n_opt = np.array([n for n, _ in found])
     slope = np.polyfit(np.log(budgets), np.log(n_opt), 1)[0]
     assert slope == pytest.approx(0.681, abs=1e-3)  # p_N with Table 3's alpha_N
@@ -53,7 +54,7 @@ def test_b10_steps_consistent_with_compute():
     c = 1e21
     n = laws.optimal_n_of_compute(c, **consts)
     s = laws.optimal_steps_of_compute(c, **consts)
-    loss = laws.loss_of_n_at_compute(n, c)
+    loss = laws.loss_of_n_at_compute(n, c, **consts)
     assert 6 * n * laws.critical_batch(loss) * s == pytest.approx(c, rel=1e-6)
 
 
@@ -136,3 +137,68 @@ def test_compute_of_loss_gap_is_6_n_b_s():
     s_min = laws.steps_of_loss_gap(gap)
     assert laws.loss_of_ns(n, s_min) == pytest.approx(L, rel=1e-12)
     assert laws.compute_of_loss_gap(n, gap, L) == pytest.approx(6 * n * laws.critical_batch(L) * s_min)
+
+
+# --- issue 21 item 10 ---------------------------------------------------------------------------------
+
+def test_b3_solver_and_b8_b10_defaults_are_one_table():
+    """With the defaults, the numeric argmin of eq B.3 is eq B.9's N* (Table 3 in the solver vs Table 5 in
+    B.9 had put them 4 % apart at 1e21 FLOP) and B.10's steps spend exactly C."""
+    c = 1e21
+    n_star, loss = _numeric_n_opt(c)
+    assert n_star == pytest.approx(laws.optimal_n_of_compute(c), rel=1e-3)
+    s = laws.optimal_steps_of_compute(c)
+    assert 6 * n_star * laws.critical_batch(loss) * s == pytest.approx(c, rel=3e-3)
+    assert loss / laws.loss_of_n(n_star) == pytest.approx(laws.converged_loss_excess(), abs=1e-3)
+    import inspect
+    for fn in (laws.loss_of_n_and_compute, laws.compute_constant_c_c, laws.optimal_n_of_compute,
+               laws.optimal_steps_of_compute, laws.alpha_c_min, laws.suboptimal_steps_ratio):
+        for name, p in inspect.signature(fn).parameters.items():
+            if name in laws.KAPLAN_APPENDIX_B:
+                assert p.default == laws.KAPLAN_APPENDIX_B[name], (fn.__name__, name)
+
+
+def test_convergence_factor_comparison_b12_b14():
+    a_n, a_s = laws.KAPLAN_APPENDIX_B["alpha_N"], laws.KAPLAN_APPENDIX_B["alpha_S"]
+    out = laws.convergence_factor_comparison()
+    f, fp = a_n / a_s, 0.02
+    assert out["f"] == pytest.approx(0.1) and out["f_prime"] == 0.02
+    assert out["n_ratio"] == pytest.approx(((1 + f) / (1 + fp)) ** (1 / a_n), rel=1e-12)    # B.12
+    assert out["s_ratio"] == pytest.approx(((1 + 1 / f) / (1 + 1 / fp)) ** (1 / a_s), rel=1e-12)  # B.13
+    assert out["c_ratio"] == pytest.approx(out["n_ratio"] * out["s_ratio"], rel=1e-12)      # B.14
+    # The paper's numbers: 2.7x the parameters, 7.7x fewer steps (0.13), 65 % less compute (0.35).
+    assert out["n_ratio"] == pytest.approx(2.7, abs=0.05)
+    assert out["s_ratio"] == pytest.approx(0.13, abs=0.01) and 1 / out["s_ratio"] == pytest.approx(7.7, abs=0.3)
+    assert out["c_ratio"] == pytest.approx(0.35, abs=0.02)
+    # Derived from L(N, S) = (N_c/N)^a_N + (S_c/S)^a_S directly: at a fixed loss L, L(N, inf) = L/(1+f) and
+    # the step term is f L/(1+f); invert both for each f and take the ratios.
+    N_c, S_c, L = laws.KAPLAN_APPENDIX_B["N_c"], laws.KAPLAN_APPENDIX_B["S_c"], 2.5
+    n = lambda g: N_c * (L / (1 + g)) ** (-1 / a_n)  # noqa: E731
+    steps = lambda g: S_c * (g * L / (1 + g)) ** (-1 / a_s)  # noqa: E731
+    for g in (0.05, 0.1, 0.3):
+        got = laws.convergence_factor_comparison(g, 0.01)
+        assert got["n_ratio"] == pytest.approx(n(g) / n(0.01), rel=1e-9)
+        assert got["s_ratio"] == pytest.approx(steps(g) / steps(0.01), rel=1e-9)
+        assert laws.loss_of_ns(n(g), steps(g), N_c, S_c, a_n, a_s) == pytest.approx(L, rel=1e-12)
+    assert laws.convergence_factor_comparison(0.02, 0.02)["c_ratio"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="must be > 0"):
+        laws.convergence_factor_comparison(0.0)
+
+
+def test_suboptimal_ratios_below_the_reachable_size_are_an_error():
+    x_min = laws.min_reachable_size_ratio()
+    assert x_min == pytest.approx((1 + 0.1) ** (-1 / 0.076), rel=1e-12)
+    assert laws.suboptimal_steps_ratio(x_min * 1.01) > 10          # steps diverge at the limit
+    for x in (0.2, np.array([0.5, 0.2])):
+        with pytest.raises(ValueError, match="cannot reach") as error:
+            laws.suboptimal_steps_ratio(x)
+        assert "0.285" in str(error.value)
+        with pytest.raises(ValueError, match="cannot reach"):
+            laws.suboptimal_compute_ratio(x)
+
+
+def test_effective_data_refuses_more_unique_tokens_than_tokens():
+    m = laws.MUENNIGHOFF
+    assert laws.effective_data(4e9, 1e9, m["R_D_star"]) > 1e9
+    with pytest.raises(ValueError, match="U_D = 2e\\+09 > D = 1e\\+09"):
+        laws.effective_data(np.array([4e9, 1e9]), np.array([1e9, 2e9]), m["R_D_star"])

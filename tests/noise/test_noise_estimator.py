@@ -229,3 +229,29 @@ def test_check_vma_trap_is_real_and_avoided(mesh8):
     assert float(s_small_trap) > 10 * float(ref["gns_s_small"])  # D²-inflated: B_simple would be garbage
     assert float(ours["gns_s_small"]) == pytest.approx(float(ref["gns_s_small"]), rel=1e-6)
     assert float(ours["gns_s_big"]) == pytest.approx(float(ref["gns_s_big"]), rel=1e-6)
+
+
+# --- issue 21 item 13: 64-bit mode ---------------------------------------------------------------------------
+
+def test_scan_carry_follows_the_gradient_dtype_in_64_bit_mode():
+    data, params = logreg_problem(n=256)
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        rows = jnp.asarray(data, jnp.float64)
+        run = jax.jit(estimator.microbatch_value_and_grad(jax.value_and_grad(logreg_loss), 4))
+        loss, g, sums = run(p64, rows)
+        assert loss.dtype == jnp.float64 and g["w"].dtype == jnp.float64
+        assert sums["gns_s_small"].dtype == jnp.float64
+        # Same sums as per-microbatch gradients computed directly in float64.
+        split = estimator.strided_split(rows, 4)
+        gs = [jax.grad(logreg_loss)(p64, split[k]) for k in range(4)]
+        s_small = np.mean([float(estimator.sqnorm(gk)) for gk in gs])
+        assert float(sums["gns_s_small"]) == pytest.approx(s_small, rel=1e-12)
+    # float32 (and bf16) parameters still accumulate in float32.
+    p32 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+    run32 = jax.jit(estimator.microbatch_value_and_grad(jax.value_and_grad(logreg_loss), 4))
+    loss, g, sums = run32(p32, jnp.asarray(data, jnp.float32))
+    assert g["w"].dtype == jnp.float32 and sums["gns_s_small"].dtype == jnp.float32
+    pbf = jax.tree.map(lambda a: jnp.asarray(a, jnp.bfloat16), params)
+    _, gb, sb = run32(pbf, jnp.asarray(data, jnp.bfloat16))
+    assert gb["w"].dtype == jnp.float32 and sb["gns_s_big"].dtype == jnp.float32

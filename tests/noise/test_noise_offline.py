@@ -104,3 +104,50 @@ def test_invalid_line_inside_metrics_is_an_error_but_the_tolerant_reader_skips_i
         offline.read_jsonl(str(path))
     assert [r["step"] for r in fileio.read_jsonl(str(path))] == [1, 3]
     assert fileio.read_jsonl(str(tmp_path / "absent.jsonl")) == []
+
+
+# --- issue 21 item 13: intervals of bins with few blocks ---------------------------------------------------
+
+def _coverage(n_records, trials=600, widen=True, seed=0):
+    """Fraction of simulated bins whose interval holds the true B_simple = 50 (iid noisy window estimates)."""
+    import math as _math
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for _ in range(trials):
+        g2 = 1 + 0.6 * rng.standard_normal(n_records)
+        trace = 50 + 30 * rng.standard_normal(n_records)
+        recs = offline.GnsRecords(step=np.arange(n_records), tokens=np.arange(n_records, dtype=float),
+                                  loss=np.full(n_records, 3.0), weight=np.ones(n_records), g2=g2, trace=trace,
+                                  b_small=np.full(n_records, 4), b_big=np.full(n_records, 16))
+        if widen:
+            row = offline.summarize(recs, 1, 5, 400, int(rng.integers(1 << 30)), 0.95)
+            lo, hi = row["lo_sequences"], row["hi_sequences"]
+        else:
+            lo, hi = offline.interval(offline.block_bootstrap_ratio(trace, g2, np.ones(n_records), 5, 400,
+                                                                    int(rng.integers(1 << 30))))
+        hits += bool(lo <= 50 <= hi) and _math.isfinite(lo)
+    return hits / trials
+
+
+def test_few_block_intervals_are_widened_to_nominal_coverage():
+    # 5 blocks: the plain percentile interval covers ~85 % (nominal 95 %); widened it is ~94 %.
+    assert _coverage(10, widen=False) < 0.9
+    assert _coverage(10) >= 0.91
+    assert _coverage(50) >= 0.91   # 10 blocks
+    assert offline.small_sample_factor(5) == pytest.approx(2.776445 / 1.959964 * (5 / 4) ** 0.5, rel=1e-5)
+    assert 1 < offline.small_sample_factor(200) < 1.02
+    assert np.isnan(offline.small_sample_factor(1))
+
+
+def test_rows_say_how_many_blocks_and_flag_few():
+    rng = np.random.default_rng(3)
+    n = 10
+    recs = offline.GnsRecords(step=np.arange(n), tokens=np.arange(n, dtype=float), loss=np.full(n, 3.0),
+                              weight=np.ones(n), g2=1 + 0.1 * rng.standard_normal(n),
+                              trace=50 + 5 * rng.standard_normal(n), b_small=np.full(n, 4), b_big=np.full(n, 16))
+    row = offline.summarize(recs, 8, 5, 200, 0, 0.95)
+    assert row["blocks"] == 5 and row["few_blocks"] is True
+    assert row["lo_sequences"] < row["b_simple_sequences"] < row["hi_sequences"]
+    plain = offline.interval(offline.block_bootstrap_ratio(recs.trace, recs.g2, recs.weight, 5, 200, 0))
+    assert row["lo_sequences"] < plain[0] and row["hi_sequences"] > plain[1]
+    assert offline.widen_interval(2.0, 1.0, float("inf"), 2.0) == (0.5, float("inf"))

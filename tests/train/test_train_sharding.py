@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
-from optax._src import factorized
+import optax
 
 from models.transformer import TransformerConfig
 from scaling.train import partitioning, trainer
@@ -65,8 +65,8 @@ def test_adafactor_factored_state_shardings(synthetic_data):
     cfg = dataclasses.replace(config("adafactor", MeshConfig(data=2, fsdp=2, tensor=2)),
                               adafactor_min_dim_to_factor=8)
     _, state, run = run_steps(cfg, data, jax.devices(), steps=1)
-    factored = [s for s in jax.tree.leaves(state["opt_state"], is_leaf=lambda x: isinstance(x, factorized.FactoredState))
-                if isinstance(s, factorized.FactoredState)]
+    factored = [s for s in jax.tree.leaves(state["opt_state"], is_leaf=lambda x: isinstance(x, optax.FactoredState))
+                if isinstance(s, optax.FactoredState)]
     assert len(factored) == 1
     fs = factored[0]
     wi = state["params"]["h_0"]["mlp"]["wi"]["kernel"]       # [embed=32, mlp=64]: P('fsdp', 'tensor')
@@ -134,3 +134,26 @@ def test_sharded_lstm_with_activation_constraints(synthetic_data):
     reference, _, _ = run_steps(make(MeshConfig(data=1)), data, jax.devices()[:1], steps=3)
     losses, _, run = run_steps(make(MeshConfig(data=2, fsdp=2, tensor=2)), data, jax.devices(), steps=3)
     np.testing.assert_allclose(losses, reference, rtol=1e-5)
+
+
+@pytest.mark.parametrize("min_dim", [1, 8, 128])
+def test_factored_dims_match_optax(min_dim):
+    """partitioning.factored_dims restates optax's private Adafactor rule; the shapes of the state that the
+    public optax.scale_by_factored_rms creates must follow it (fails if optax changes the rule)."""
+    import jax.numpy as jnp
+    shapes = [(4,), (3, 5), (16, 8), (8, 16), (256, 128), (128, 300), (2, 128, 64), (64, 3, 200), (9, 9), (7, 1, 200)]
+    params = {f"p{i}": jnp.zeros(shape) for i, shape in enumerate(shapes)}
+    state = optax.scale_by_factored_rms(min_dim_size_to_factor=min_dim).init(params)
+    factored = [s for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, optax.FactoredState))
+                if isinstance(s, optax.FactoredState)]
+    assert len(factored) == 1
+    fs = factored[0]
+    for i, shape in enumerate(shapes):
+        dims = partitioning.factored_dims(shape, min_dim)
+        v_row, v_col, v = fs.v_row[f"p{i}"], fs.v_col[f"p{i}"], fs.v[f"p{i}"]
+        if dims is None:
+            assert v.shape == shape and v_row.shape == (1,) and v_col.shape == (1,), (shape, min_dim)
+        else:
+            assert v.shape == (1,), (shape, min_dim)
+            assert v_row.shape == tuple(np.delete(shape, dims[1])), (shape, dims, v_row.shape)
+            assert v_col.shape == tuple(np.delete(shape, dims[0])), (shape, dims, v_col.shape)
