@@ -58,6 +58,7 @@ def main(argv):
     from experiments import sweep_executor as executor  # pylint: disable=import-outside-toplevel
     from experiments import sweep_inprocess  # pylint: disable=import-outside-toplevel
     from scaling import sweep  # pylint: disable=import-outside-toplevel
+    from scaling.train import checkpointing  # pylint: disable=import-outside-toplevel
 
     root = _ROOT.value or "runs/sweep"
     try:
@@ -78,7 +79,7 @@ def main(argv):
                                     launcher=_LAUNCHER.value, only=_ONLY.value, exclude=_EXCLUDE.value,
                                     retry_failed=_RETRY_FAILED.value,
                                     executor=sweep_inprocess.executor_for(_EXECUTOR.value, _LAUNCHER.value))
-    except sweep.SweepError as e:
+    except (sweep.SweepError, checkpointing.WorkdirNotWritableError) as e:
         fail(str(e))
     except executor.LockedError as e:
         fail(str(e), code=3)

@@ -341,7 +341,8 @@ def run_sweep(sweep_file: str, root: str, *, workers: int | None = None, cores_p
     experiments/sweep_inprocess.py, which trains them in long-lived processes).
     """
     stream = stream or sys.stderr
-    root = os.path.abspath(root)
+    from scaling.train import checkpointing  # pylint: disable=import-outside-toplevel
+    root = checkpointing.local_workdir(root, "sweep root")   # gs:// would become a local "gs:" folder: refuse it
     sweep, runs = expand(sweep_file)
     selected = select(runs, only, exclude)
     if not selected:

@@ -50,8 +50,18 @@ def section_position(rep: Report) -> list:
             "context). The paper fits L(T) with a power law in T for T ≪ n_ctx.", "", *table, "", fig]
 
 
+def train_corpus(rep: Report) -> str:
+    """The training corpus's task name, from the runs' summaries (what the sweep actually trained on)."""
+    for summary in rep.sweep.summaries.values():
+        task = (summary.get("data") or {}).get("task")
+        if task:
+            return str(task)
+    return "the training corpus"
+
+
 def section_transfer(rep: Report) -> list:
     """Generalisation to a second distribution (Fig. 8): wiki-mini loss vs books loss, and vs N."""
+    corpus = train_corpus(rep)
     rows = [r for r in rep.sweep.finished() if rt.positive(r.get("final_eval_loss_wiki_mini"))
             and rt.positive(r.get("final_eval_loss")) and r.get("group") in ("ladder", "lstm", "recurrent", "holdout")]
     need(len(rows) >= 2, f"{len(rows)} finished runs have final_eval_loss_wiki_mini (the extra-distribution eval; "
@@ -67,7 +77,7 @@ def section_transfer(rep: Report) -> list:
     for g in groups:
         m = [r for r in rows if r["group"] == g]
         left.append(dict(x=[r["n_params_nonembedding"] for r in m], y=[r["final_eval_loss"] for r in m],
-                         kind="scatter", color=colours.get(g, "0.5"), label=f"{g}: books (train distribution)"))
+                         kind="scatter", color=colours.get(g, "0.5"), label=f"{g}: {corpus} (train distribution)"))
         left.append(dict(x=[r["n_params_nonembedding"] for r in m], y=[r["final_eval_loss_wiki_mini"] for r in m],
                          kind="scatter", marker="^", color=colours.get(g, "0.5"), label=f"{g}: wiki-mini"))
         right.append(dict(x=[r["final_eval_loss"] for r in m], y=[r["final_eval_loss_wiki_mini"] for r in m],
@@ -81,10 +91,10 @@ def section_transfer(rep: Report) -> list:
     fig = rep.figure("transfer.png", [
         dict(title="loss on both distributions vs N", xlabel="N (non-embedding)", ylabel="final eval loss", ylog=True,
              series=left),
-        dict(title="wiki-mini loss vs books loss", xlabel="books-mini eval loss", ylabel="wiki-mini eval loss",
+        dict(title=f"wiki-mini loss vs {corpus} loss", xlabel=f"{corpus} eval loss", ylabel="wiki-mini eval loss",
              xlog=False, series=right)], "Generalisation to a second distribution: Kaplan Fig. 8")
-    return [f"{len(rows)} runs ({', '.join(groups)}) evaluated on both the training distribution (books-mini) and "
+    return [f"{len(rows)} runs ({', '.join(groups)}) evaluated on both the training distribution ({corpus}) and "
             "wiki-mini (never trained on).", "",
-            f"wiki-mini loss = {fmt(t['intercept'], '.3f')} + {fmt(t['slope'], '.3f')} × books loss; mean offset "
+            f"wiki-mini loss = {fmt(t['intercept'], '.3f')} + {fmt(t['slope'], '.3f')} × {corpus} loss; mean offset "
             f"{t['offset']:+.3f} ± {fmt(t['offset_sd'], '.3f')} nats/token (paper Fig. 8: a roughly constant offset, "
             "slope ≈ 1, across model families).", "", fig]

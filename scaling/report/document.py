@@ -115,6 +115,18 @@ def fit_band(predict, col, x):
     return out
 
 
+EMBEDDED_TASKS = ("books_mini", "books_20m", "wiki_mini")   # data/corpora/ in the repository
+
+
+def corpus_kind(task: str) -> str:
+    """How the set-up line describes the training corpus: embedded in the repository, or the user's/TFDS data."""
+    if task in EMBEDDED_TASKS:
+        return "embedded corpus"
+    if task.startswith("local_files"):
+        return "your local files"
+    return "corpus named by DataConfig.task"
+
+
 def setup_text(rep: Report) -> str:
     fin = rep.sweep.finished()
     s = next(iter(rep.sweep.summaries.values()), {}) if rep.sweep.summaries else {}
@@ -124,7 +136,7 @@ def setup_text(rep: Report) -> str:
     task = data.get("task") or "?"
     train_tokens = data.get("train_tokens")
     c_range = value_range([r.get("compute_pf_days") for r in fin])
-    return (f"Data: `{task}` (embedded corpus){f', {train_tokens:,} training tokens' if train_tokens else ''}, "
+    return (f"Data: `{task}` ({corpus_kind(task)}){f', {train_tokens:,} training tokens' if train_tokens else ''}, "
             f"vocabulary {vocab}, n_ctx {fmt(n_ctx, '.0f') if isinstance(n_ctx, float) else n_ctx}. "
             f"Covered by finished runs: N = {value_range([r.get('n_params_nonembedding') for r in fin])} non-embedding "
             f"parameters, D = {value_range([r.get('tokens') for r in fin])} tokens, C = {c_range} PF-days, "

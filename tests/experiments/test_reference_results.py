@@ -41,3 +41,70 @@ def ci_ratio(record, key):
 
 def test_every_run_finished():
     assert rows() and all(r["status"] == "finished" for r in rows())
+
+
+def test_converged_l_of_n_is_a_power_law_over_two_decades():
+    record = fit("kaplan_n")
+    ladder = {r["run"]: float(r["n_params_nonembedding"]) for r in rows("ladder")}
+    n = [ladder[name] for name in record["runs"]]
+    assert len(n) >= 7 and math.log10(max(n) / min(n)) >= 2.0
+    assert record["quality"]["r2_log"] >= 0.99
+    assert ci_ratio(record, "alpha_N") <= 1.5
+    assert 0 < record["ci95"]["alpha_N"][0] < record["params"]["alpha_N"] < record["ci95"]["alpha_N"][1]
+    # Each rung's loss is its S -> infinity value from the learning-curve fit, below its final eval loss.
+    curves = record["learning_curve_fit"]
+    final = {r["run"]: float(r["final_eval_loss"]) for r in rows("ladder")}
+    assert all(curves["L_inf"][name] < final[name] for name in record["runs"])
+    assert 0.3 < curves["alpha_S"] < 1.2 and curves["s_min_correction"]
+    # The residual bend is measured and, where significant, said in words (README: what is not met).
+    if record["quality"]["bend_p"] < 0.05:
+        assert any(note.startswith("curvature") for note in record["notes"])
+
+
+def test_learning_curves_cross_and_the_frontier_is_fitted_with_an_interval():
+    frontier = fit("frontier_n_opt")
+    assert len(frontier["transitions"]) >= 3
+    lo, hi = frontier["ci95"]["p_N"]
+    assert lo < frontier["params"]["p_N"] < hi
+    assert fit("kaplan_c_min")["quality"]["r2_log"] >= 0.98
+    derived = fit("frontier_derived")
+    assert derived["ci95"]["p_N"][0] < derived["params"]["p_N"] < derived["ci95"]["p_N"][1]
+
+
+def test_b_crit_targets_are_bracketed_and_follow_eq_5_3():
+    with open(os.path.join(RESULTS, "noise", "bcrit.json")) as f:
+        b = json.load(f)
+    assert b["bracketed_fraction"] >= 0.8
+    per = [t for t in b["per_target"] if t["B_crit"] > 0]
+    L, B = np.log([t["target_loss"] for t in per]), np.log([t["B_crit"] for t in per])
+    pred = np.log(b["B_star"]) - L / b["alpha_B"]
+    r2 = 1 - np.sum((B - pred) ** 2) / np.sum((B - B.mean()) ** 2)
+    assert r2 >= 0.9
+    assert "B_simple at the same loss is a median" in report_section("Critical batch size")
+
+
+def test_l_of_n_and_d_from_a_three_by_four_grid():
+    data = rows("data")
+    sizes = {r["n_params_nonembedding"] for r in data}
+    budgets = {r["data_budget_tokens"] for r in data}
+    assert len(sizes) >= 3 and len(budgets) >= 4 and len(data) == len(sizes) * len(budgets)
+    assert fit("kaplan_nd")["quality"]["r2_log"] >= 0.98
+    assert fit("kaplan_d")["n_points"] >= 4
+
+
+def test_lstm_and_recurrent_sections_are_filled():
+    for title in ("LSTM", "Recurrent"):
+        body = report_section(title)
+        assert "Not measured in this sweep" not in body, title
+    assert len(rows("lstm")) >= 2 and len(rows("recurrent")) >= 2
+
+
+def test_the_held_out_rung_was_predicted_within_one_percent_before_it_trained():
+    with open(os.path.join(RESULTS, "prediction.json")) as f:
+        p = json.load(f)
+    holdout = next(r for r in rows("holdout") if r["run"] == p["target_run"])
+    measured = float(holdout[p["measure"]])
+    assert p["loss_pred_lo"] is not None and p["loss_pred_hi"] is not None
+    assert abs(measured / p["loss_pred"] - 1) <= 0.01
+    assert p["loss_pred_lo"] <= measured <= p["loss_pred_hi"]
+    assert p["n_params_nonembedding"] > max(float(r["n_params_nonembedding"]) for r in rows("ladder"))

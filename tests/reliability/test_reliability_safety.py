@@ -99,3 +99,22 @@ def test_malformed_sweep_file_is_a_clear_error(tmp_path, text, needle):
     with pytest.raises(sweep_lib.SweepError) as error:
         sweep_lib.expand(str(path))
     assert str(path) in str(error.value) and needle in str(error.value), str(error.value)
+
+
+def test_a_sweep_root_on_object_storage_is_refused_before_anything_is_written(tmp_path):
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "-m", "experiments.sweep", "--gin_file=gin/sweeps/smoke.gin",
+                           "--root=gs://bucket/sweep"], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=repo),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "gs://bucket/sweep" in proc.stderr and "object storage" in proc.stderr
+    assert not (tmp_path / "gs:").exists()
+
+
+def test_the_report_names_the_corpus_it_was_trained_on():
+    from scaling.report import document
+    assert document.corpus_kind("books_20m") == "embedded corpus"
+    assert document.corpus_kind("local_files_1a2b") == "your local files"
+    assert document.corpus_kind("c4_en") == "corpus named by DataConfig.task"
