@@ -196,7 +196,7 @@ def write_prediction(root: str, runs, n_boot: int) -> dict | None:
     pred, lo, hi = record["loss_pred"], record["loss_pred_lo"], record["loss_pred_hi"]
     fileio.write_json_atomic(path, record)
     bound = lambda v, inf: inf if v is None else f"{v:.4f}"
-    log(f"predict: {target.name} (N = {n_target:,.0f}) best eval loss {pred:.4f} "
+    log(f"predict: {target.name} (N = {n_target:,.0f}) {record.get('measure', 'best_eval_loss').replace('_', ' ')} {pred:.4f} "
         f"[95% {bound(lo, '-inf')}, {bound(hi, 'inf')}] by {law} from {len(points['N'])} ladder runs -> {path}")
     return record
 
