@@ -46,7 +46,17 @@ def test_every_gin_model_file_formula_matches_its_tree():
     assert cpu[0] <= 2e4 and cpu[-1] >= 3e6 and math.log10(cpu[-1] / cpu[0]) >= 2.5
     for r in rows:
         if r["file"].startswith("gin/models/cpu_"):
-            assert 16 <= r["d_model"] / r["n_layer"] <= 128, r  # Kaplan Fig. 5's flat region
+            if r["n_layer"] == 2 and r["d_model"] < 32:
+                # The quick preset's 2-layer width ladder below d = 32 (cpu_3k5, cpu_6k, cpu_14k): at these widths a
+                # second layer of the same width bought nothing (README "The quick study"), so their aspect ratio
+                # is below Kaplan's flat region by design; they are still no deeper than 2 layers.
+                assert 6 <= r["d_model"] / r["n_layer"] < 16, r
+            elif r["n_layer"] == 2 and r["d_model"] > 256:
+                # The full preset's held-out width (cpu_3m54, d = 384): aspect 192, at the wide end of Kaplan Fig. 5
+                # (a few percent of loss over aspect ratios ~10-200), kept 2 layers to stay on the ladder's family.
+                assert r["d_model"] / r["n_layer"] <= 192, r
+            else:
+                assert 16 <= r["d_model"] / r["n_layer"] <= 128, r  # Kaplan Fig. 5's flat region
     paper = [r["N_kaplan"] for r in rows if r["file"].startswith("gin/models/paper_")]
     assert max(paper) >= 1.4e9
     families = {r["family"] for r in rows}
