@@ -39,7 +39,7 @@ PRESETS = {"quick": "gin/sweeps/kaplan_cpu_quick.gin", "full": "gin/sweeps/kapla
 HOLDOUT = "holdout"
 
 ROOT = flags.DEFINE_string("root", "runs/reproduce", "Output directory (runs/, runs.csv, noise/, fits/, report.md).")
-PRESET = flags.DEFINE_enum("preset", "quick", list(PRESETS), "Which sweep: quick (embedded corpus, ~15 min on "
+PRESET = flags.DEFINE_enum("preset", "quick", list(PRESETS), "Which sweep: quick (embedded corpus, ~20-25 min on "
                            "2 cores) or full (../shared/data/corpus, hours).")
 SWEEP = flags.DEFINE_string("sweep", None, "A sweep gin file instead of the preset's (same groups).")
 WORKERS = flags.DEFINE_integer("workers", None, "Concurrent runs (default: sized to the machine).")
