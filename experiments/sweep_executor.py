@@ -25,6 +25,7 @@ pieces share the launch state and are only used together.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import fcntl
@@ -386,6 +387,25 @@ def run_sweep(sweep_file: str, root: str, *, workers: int | None = None, cores_p
     return SweepResult(root, selected, outcomes, counts, seconds, csv_path)
 
 
+@contextlib.contextmanager
+def signals_stop_sweep(handler, signals, progress: SweepProgress, stopping: threading.Event):
+    """Routes `signals` to `handler` while the block runs (main thread only), then restores the previous handlers
+    and closes `progress`; when the block ended normally but `stopping` was set, raises KeyboardInterrupt (the
+    executors' shared "stopped by a signal, rerun to resume" exit)."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in signals:
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        progress.close()
+    if stopping.is_set():
+        raise KeyboardInterrupt("sweep stopped by a signal; the runs checkpointed, rerun the same command to resume")
+
+
 def _execute(todo: list[SweepRun], root: str, workers: int, launcher, lock_fd, env, progress: SweepProgress) -> list[Outcome]:
     outcomes: list[Outcome] = []
     if not todo:
@@ -430,11 +450,7 @@ def _execute(todo: list[SweepRun], root: str, workers: int, launcher, lock_fd, e
                 except ProcessLookupError:
                     pass
 
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, forward)
-    try:
+    with signals_stop_sweep(forward, (signal.SIGTERM, signal.SIGINT), progress, stopping):
         with futures.ThreadPoolExecutor(max_workers=len(slots)) as pool:
             pending = {}
             for run in todo:
@@ -454,10 +470,4 @@ def _execute(todo: list[SweepRun], root: str, workers: int, launcher, lock_fd, e
                 if nxt is not None and not stopping.is_set():
                     progress.start(nxt)
                     started.add(nxt.name)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        progress.close()
-    if stopping.is_set():
-        raise KeyboardInterrupt("sweep stopped by a signal; the runs checkpointed, rerun the same command to resume")
     return outcomes

@@ -178,11 +178,8 @@ def _execute_here(todo: list, root: str, progress: sweep_executor.SweepProgress)
         del signum, frame
         stopping.set()
 
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, stop)
     outcomes = []
-    try:
+    with sweep_executor.signals_stop_sweep(stop, (signal.SIGTERM,), progress, stopping):
         for run in todo:
             if stopping.is_set():
                 break
@@ -198,12 +195,6 @@ def _execute_here(todo: list, root: str, progress: sweep_executor.SweepProgress)
             sweep.collect_runs_csv(root)
             if outcome.status == "interrupted":
                 stopping.set()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        progress.close()
-    if stopping.is_set():
-        raise KeyboardInterrupt("sweep stopped by a signal; the runs checkpointed, rerun the same command to resume")
     return outcomes
 
 
@@ -296,13 +287,9 @@ def _execute_pool(todo: list, root: str, workers: int, lock_fd, progress: sweep_
         for worker in pool:
             worker.signal(signal.SIGTERM)
 
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, forward)
     threads = [threading.Thread(target=serve, args=(w,), daemon=True) for w in pool]
     outcomes = []
-    try:
+    with sweep_executor.signals_stop_sweep(forward, (signal.SIGTERM, signal.SIGINT), progress, stopping):
         for t in threads:
             t.start()
         running = len(threads)
@@ -323,12 +310,6 @@ def _execute_pool(todo: list, root: str, workers: int, lock_fd, progress: sweep_
                 sweep.collect_runs_csv(root)
                 if outcome.status == "interrupted":
                     stopping.set()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        progress.close()
-    if stopping.is_set():
-        raise KeyboardInterrupt("sweep stopped by a signal; the runs checkpointed, rerun the same command to resume")
     return outcomes
 
 
