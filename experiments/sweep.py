@@ -16,6 +16,10 @@ interrupted ones and retries failed ones. One launcher per root (DIR/.lock).
     --only=ladder,data         only these groups;  --exclude_group=holdout  all but these
     --noretry_failed           leave failed runs alone (default: retry them)
     --collect                  only rewrite runs.csv from the run directories (after a --dry_run + scheduler)
+    --backend=local|ray|slurm  where the runs train (README "Scaling out"): local (default; this machine),
+                               ray (one Ray task per run; --address=HOST:PORT joins a cluster, default a local
+                               head), slurm (one submitit job array; --slurm_partition, --slurm_time_min);
+                               --accelerator=cpu|gpu|tpu sizes each run's request from its mesh
 
 Exit status: 0 when every selected run finished, 1 when some failed (or were interrupted), 2 for a bad
 sweep file or flags, 3 when another launcher holds the root.
@@ -39,11 +43,46 @@ _EXECUTOR = flags.DEFINE_enum("executor", "inprocess", ["inprocess", "subprocess
                               "steps reused); subprocess: one `python -m experiments.train` per run (always so "
                               "with --launcher).")
 _COLLECT = flags.DEFINE_bool("collect", False, "Only (re)write sweep.json and runs.csv; train nothing.")
+_BACKEND = flags.DEFINE_enum("backend", "local", ["local", "ray", "slurm"],
+                             "Where runs train: local (this machine: --executor), ray (one Ray task per run), slurm "
+                             "(one submitit job array per sweep); README \"Scaling out\".")
+_ADDRESS = flags.DEFINE_string("address", None, "ray: HOST:PORT of the cluster to join (or 'auto'); default: start a "
+                               "Ray head on this machine.")
+_ACCELERATOR = flags.DEFINE_enum("accelerator", "cpu", ["cpu", "gpu", "tpu"],
+                                 "ray/slurm: what a run's mesh devices are when requesting resources.")
+_MAX_RETRIES = flags.DEFINE_integer("max_retries", 3, "ray/slurm: resubmissions of a run whose worker/node died or "
+                                    "whose training was preempted, within one call.")
+_HOSTS_PER_RUN = flags.DEFINE_integer("hosts_per_run", 1, "ray/slurm: hosts one run spans (only 1 is supported).")
+_CONNECT_TIMEOUT = flags.DEFINE_float("connect_timeout", 30.0, "ray: seconds to wait for --address to answer.")
+_SLURM_PARTITION = flags.DEFINE_string("slurm_partition", None, "slurm: partition of the job array.")
+_SLURM_TIME_MIN = flags.DEFINE_integer("slurm_time_min", 24 * 60, "slurm: time limit of each array task, minutes.")
+_SLURM_CLUSTER = flags.DEFINE_enum("slurm_cluster", "slurm", ["slurm", "local"],
+                                   "slurm: 'local' runs the array's jobs as local processes (submitit's local "
+                                   "executor; tests, a machine without SLURM).")
 
 
 def fail(message: str, code: int = 2) -> None:
     print(f"sweep: error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)
+
+
+def _backend():
+    """The ray / slurm backend object (run_sweep's preflight and executor), or None for the local one."""
+    if _BACKEND.value == "local":
+        for flag in ("address", "hosts_per_run", "slurm_partition"):
+            if flags.FLAGS[flag].present:
+                fail(f"--{flag} is for --backend=ray or --backend=slurm")
+        return None
+    common = dict(accelerator=_ACCELERATOR.value, cores_per_run=_CORES_PER_RUN.value, launcher=_LAUNCHER.value,
+                  workers=_WORKERS.value, max_retries=_MAX_RETRIES.value, hosts_per_run=_HOSTS_PER_RUN.value)
+    if _BACKEND.value == "ray":
+        from experiments import sweep_ray  # pylint: disable=import-outside-toplevel
+        return sweep_ray.RayBackend(address=_ADDRESS.value, connect_timeout=_CONNECT_TIMEOUT.value, **common)
+    if _ADDRESS.present:
+        fail("--address is for --backend=ray")
+    from experiments import sweep_slurm  # pylint: disable=import-outside-toplevel
+    return sweep_slurm.SlurmBackend(cluster=_SLURM_CLUSTER.value, partition=_SLURM_PARTITION.value,
+                                    time_min=_SLURM_TIME_MIN.value, **common)
 
 
 def main(argv):
@@ -75,10 +114,13 @@ def main(argv):
                 sweep.write_sweep_json(os.path.abspath(root), spec, _GIN_FILE.value, runs)
                 print(sweep.collect_runs_csv(root))
             return
+        backend = _backend()
         result = executor.run_sweep(_GIN_FILE.value, root, workers=_WORKERS.value, cores_per_run=_CORES_PER_RUN.value,
                                     launcher=_LAUNCHER.value, only=_ONLY.value, exclude=_EXCLUDE.value,
                                     retry_failed=_RETRY_FAILED.value,
-                                    executor=sweep_inprocess.executor_for(_EXECUTOR.value, _LAUNCHER.value))
+                                    executor=backend.execute if backend else
+                                    sweep_inprocess.executor_for(_EXECUTOR.value, _LAUNCHER.value),
+                                    preflight=backend.preflight if backend else None)
     except (sweep.SweepError, checkpointing.WorkdirNotWritableError) as e:
         fail(str(e))
     except executor.LockedError as e:

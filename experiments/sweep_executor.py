@@ -174,6 +174,34 @@ def _error_tail(log_path: str, lines: int = 4, limit: int = 600) -> str:
     return " | ".join(kept[-lines:])[-limit:]
 
 
+def wait_for_previous_process(state_path: str, timeout: float = 300.0) -> None:
+    """Waits (at most ``timeout`` s) for the training process an earlier attempt of this run started on this host,
+    if it is still alive: a cluster backend that retries a run whose worker was killed must not start a second
+    trainer in the workdir while the first one (SIGTERMed with its worker) is still writing its checkpoint."""
+    state = fileio.read_json_object(state_path) or {}
+    pid = state.get("train_pid")
+    if not isinstance(pid, int) or state.get("host") != socket.gethostname() or pid == os.getpid():
+        return
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                alive = b"experiments.train" in f.read() and _state_of(pid) not in ("Z", "X")
+        except OSError:
+            return
+        if not alive:
+            return
+        time.sleep(0.2)
+
+
+def _state_of(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "X"
+
+
 @dataclasses.dataclass
 class Outcome:
     run: SweepRun
@@ -183,19 +211,45 @@ class Outcome:
     summary: dict | None = None
     cpu_seconds: float = 0.0     # user + system CPU time of the run's processes
 
+    def as_result(self) -> dict:
+        """The wire form of an outcome (what a worker process, a Ray task or a SLURM job sends back)."""
+        return {"status": self.status, "seconds": self.seconds, "cpu_seconds": self.cpu_seconds, "error": self.error}
+
+    @classmethod
+    def from_result(cls, run: SweepRun, root: str, result: dict) -> "Outcome":
+        """The Outcome of a run from its wire form; a finished run's summary is read from its directory."""
+        summary = None
+        if result["status"] == "finished":
+            summary = fileio.read_json_object(os.path.join(run_dir(root, run.name), "summary.json"))
+        return cls(run, result["status"], result.get("seconds", 0.0), result.get("error", ""), summary,
+                   result.get("cpu_seconds", 0.0))
+
+
+def record_failure(root: str, name: str, error: str, returncode: int | None = None) -> None:
+    """Marks a run failed in its launcher.json when whatever ran it died before it could (a killed worker
+    process, a lost Ray task, a SLURM job that ended without a result): runs.csv then shows the error."""
+    state_path = os.path.join(run_dir(root, name), "launcher.json")
+    state = fileio.read_json_object(state_path) or {}
+    os.makedirs(os.path.dirname(state_path), exist_ok=True)
+    fileio.write_json_atomic(state_path, dict(state, status="failed", returncode=returncode, error=error))
+
 
 def execute_run(run: SweepRun, root: str, *, launcher: str | None = None, cores: list[int] | None = None,
                 lock_fd: int | None = None, env: dict | None = None,
-                register: Callable[[subprocess.Popen | None], None] = lambda p: None) -> Outcome:
-    """Trains one run in a subprocess; records launcher.json (running -> finished|failed) and launcher.log."""
+                register: Callable[[subprocess.Popen | None], None] = lambda p: None,
+                state_extra: dict | None = None) -> Outcome:
+    """Trains one run in a subprocess; records launcher.json (running -> finished|failed, plus ``state_extra``,
+    e.g. the cluster backend and node) and launcher.log."""
     workdir = run_dir(root, run.name)
     os.makedirs(workdir, exist_ok=True)
     state_path = os.path.join(workdir, "launcher.json")
     log_path = os.path.join(workdir, "launcher.log")
     cmd = train_command(run, root, launcher)
+    wait_for_previous_process(state_path)
     started = time.time()
     state = {"status": "running", "pid": os.getpid(), "host": socket.gethostname(),
-             "started": datetime.datetime.now().isoformat(timespec="seconds"), "command": shlex.join(cmd)}
+             "started": datetime.datetime.now().isoformat(timespec="seconds"), "command": shlex.join(cmd),
+             **(state_extra or {})}
     fileio.write_json_atomic(state_path, state)
     with open(log_path, "ab") as log:
         log.write(f"\n=== {state['started']} {shlex.join(cmd)}\n".encode())
@@ -203,6 +257,8 @@ def execute_run(run: SweepRun, root: str, *, launcher: str | None = None, cores:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, preexec_fn=_child_setup(cores), start_new_session=True,
                                 pass_fds=(lock_fd,) if lock_fd is not None else ())
+        state["train_pid"] = proc.pid
+        fileio.write_json_atomic(state_path, state)
         register(proc)
         try:
             # wait4 also gives the CPU time of the run (and of its waited-for children, e.g. a launcher's).
@@ -330,7 +386,8 @@ class SweepResult:
 def run_sweep(sweep_file: str, root: str, *, workers: int | None = None, cores_per_run: int = 1,
               launcher: str | None = None, only: Sequence[str] = (), exclude: Sequence[str] = (),
               retry_failed: bool = True, env: dict | None = None, stream=None,
-              executor: Callable[..., list[Outcome]] | None = None) -> SweepResult:
+              executor: Callable[..., list[Outcome]] | None = None,
+              preflight: Callable[[list[SweepRun]], None] | None = None) -> SweepResult:
     """Expands ``sweep_file`` and trains its (selected) runs under ``root``; returns what happened.
 
     Resumable and failure-tolerant (see the module docstring). ``workers`` runs at a time (default:
@@ -339,7 +396,9 @@ def run_sweep(sweep_file: str, root: str, *, workers: int | None = None, cores_p
     so that no big run is left alone at the end; runs.csv keeps the sweep's order. A single remaining
     run is not pinned. ``env`` is the runs' environment (default: ours). ``executor(todo, root, workers,
     lock_fd, progress) -> [Outcome]`` trains the runs instead of the subprocess executor (e.g.
-    experiments/sweep_inprocess.py, which trains them in long-lived processes).
+    experiments/sweep_inprocess.py, which trains them in long-lived processes; experiments/sweep_ray.py and
+    sweep_slurm.py, which hand them to a cluster). ``preflight(selected runs)`` runs under the lock before
+    anything is written (a cluster backend connects and checks its resources there; it raises to refuse).
     """
     stream = stream or sys.stderr
     from scaling.train import checkpointing  # pylint: disable=import-outside-toplevel
@@ -352,6 +411,8 @@ def run_sweep(sweep_file: str, root: str, *, workers: int | None = None, cores_p
     workers = workers or default_workers(cores_per_run)
     start = time.time()
     with RootLock(root) as lock:
+        if preflight is not None:
+            preflight(selected)
         write_sweep_json(root, sweep, sweep_file, runs)
         run_records = {r.name: r.record() for r in runs}
         todo, finished, failed_kept = [], 0, 0

@@ -143,14 +143,6 @@ def train_one(record: dict, root: str) -> dict:
     return {"status": status, "seconds": seconds, "cpu_seconds": cpu_seconds, "error": error}
 
 
-def _outcome(run: sweep.SweepRun, root: str, result: dict) -> sweep_executor.Outcome:
-    summary = None
-    if result["status"] == "finished":
-        summary = fileio.read_json_object(os.path.join(sweep.run_dir(root, run.name), "summary.json"))
-    return sweep_executor.Outcome(run, result["status"], result.get("seconds", 0.0), result.get("error", ""),
-                                  summary, result.get("cpu_seconds", 0.0))
-
-
 # --- the executor (experiments.sweep_executor.run_sweep's ``executor``) ------------------------------
 
 def execute(todo: list, root: str, workers: int, lock_fd: int | None, progress: sweep_executor.SweepProgress) -> list:
@@ -189,7 +181,7 @@ def _execute_here(todo: list, root: str, progress: sweep_executor.SweepProgress)
             except KeyboardInterrupt:
                 progress.finish(sweep_executor.Outcome(run, "interrupted"))
                 raise KeyboardInterrupt("sweep stopped by a signal; rerun the same command to resume") from None
-            outcome = _outcome(run, root, result)
+            outcome = sweep_executor.Outcome.from_result(run, root, result)
             outcomes.append(outcome)
             progress.finish(outcome)
             sweep.collect_runs_csv(root)
@@ -233,9 +225,7 @@ class _Worker:
         error = (f"the in-process worker died ({'signal ' + str(-code) if code < 0 else 'exit ' + str(code)}"
                  f"{', e.g. out of memory' if code == -signal.SIGKILL else ''}): "
                  f"{sweep_executor._error_tail(log_path)}")  # pylint: disable=protected-access
-        state_path = os.path.join(sweep.run_dir(root, run.name), "launcher.json")
-        state = fileio.read_json_object(state_path) or {}
-        fileio.write_json_atomic(state_path, dict(state, status="failed", returncode=code, error=error))
+        sweep_executor.record_failure(root, run.name, error, code)
         return {"status": "failed", "error": error}
 
     def signal(self, signum: int) -> None:
@@ -303,7 +293,7 @@ def _execute_pool(todo: list, root: str, workers: int, lock_fd, progress: sweep_
             elif kind == "start":
                 progress.start(run)
             else:
-                outcome = _outcome(run, root, result)
+                outcome = sweep_executor.Outcome.from_result(run, root, result)
                 outcomes.append(outcome)
                 if outcome.status != "interrupted" or not stopping.is_set():
                     progress.finish(outcome)

@@ -274,7 +274,8 @@ def _plan(config) -> dict:
             "batch_tokens": config.batch_size * n_ctx, "tokens": tokens,
             "compute_pf_days": formulas.pf_days(fpt * tokens),
             "data_budget_tokens": getattr(config.data, "data_budget_tokens", None),
-            "learning_rate": config.learning_rate or optimizers.kaplan_learning_rate(n)}
+            "learning_rate": config.learning_rate or optimizers.kaplan_learning_rate(n),
+            "mesh": [config.mesh.data, config.mesh.fsdp, config.mesh.tensor]}
 
 
 def expand(sweep_file: str) -> tuple[SweepFile, list[SweepRun]]:
