@@ -183,23 +183,20 @@ def wait_for_previous_process(state_path: str, timeout: float = 300.0) -> None:
     if not isinstance(pid, int) or state.get("host") != socket.gethostname() or pid == os.getpid():
         return
     deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                alive = b"experiments.train" in f.read() and _state_of(pid) not in ("Z", "X")
-        except OSError:
-            return
-        if not alive:
-            return
+    while time.time() < deadline and process_alive(pid, b"experiments.train"):
         time.sleep(0.2)
 
 
-def _state_of(pid: int) -> str:
+def process_alive(pid: int, marker: bytes = b"") -> bool:
+    """Whether process ``pid`` of this host is alive (not a zombie) and its command line contains ``marker``."""
     try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if marker not in f.read():
+                return False
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
     except (OSError, IndexError):
-        return "X"
+        return False
 
 
 @dataclasses.dataclass
@@ -387,7 +384,7 @@ def run_sweep(sweep_file: str, root: str, *, workers: int | None = None, cores_p
               launcher: str | None = None, only: Sequence[str] = (), exclude: Sequence[str] = (),
               retry_failed: bool = True, env: dict | None = None, stream=None,
               executor: Callable[..., list[Outcome]] | None = None,
-              preflight: Callable[[list[SweepRun]], None] | None = None) -> SweepResult:
+              preflight: Callable[[list[SweepRun], str], None] | None = None) -> SweepResult:
     """Expands ``sweep_file`` and trains its (selected) runs under ``root``; returns what happened.
 
     Resumable and failure-tolerant (see the module docstring). ``workers`` runs at a time (default:
@@ -397,7 +394,7 @@ def run_sweep(sweep_file: str, root: str, *, workers: int | None = None, cores_p
     run is not pinned. ``env`` is the runs' environment (default: ours). ``executor(todo, root, workers,
     lock_fd, progress) -> [Outcome]`` trains the runs instead of the subprocess executor (e.g.
     experiments/sweep_inprocess.py, which trains them in long-lived processes; experiments/sweep_ray.py and
-    sweep_slurm.py, which hand them to a cluster). ``preflight(selected runs)`` runs under the lock before
+    sweep_slurm.py, which hand them to a cluster). ``preflight(selected runs, root)`` runs under the lock before
     anything is written (a cluster backend connects and checks its resources there; it raises to refuse).
     """
     stream = stream or sys.stderr
@@ -412,7 +409,7 @@ def run_sweep(sweep_file: str, root: str, *, workers: int | None = None, cores_p
     start = time.time()
     with RootLock(root) as lock:
         if preflight is not None:
-            preflight(selected)
+            preflight(selected, root)
         write_sweep_json(root, sweep, sweep_file, runs)
         run_records = {r.name: r.record() for r in runs}
         todo, finished, failed_kept = [], 0, 0

@@ -56,7 +56,8 @@ class RayBackend:
 
     # --- before anything is written ---
 
-    def preflight(self, runs: Sequence[SweepRun]) -> None:
+    def preflight(self, runs: Sequence[SweepRun], root: str) -> None:
+        del root
         sweep_cluster.refuse_multi_host(self.hosts_per_run, "ray")
         for run in runs:
             sweep_cluster.run_resources(run, self.accelerator, self.cores_per_run)   # validates --accelerator

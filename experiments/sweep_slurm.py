@@ -26,13 +26,15 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
 from typing import Sequence
 
-from experiments import sweep_cluster
-from scaling.sweep import SweepRun
+from experiments import sweep_cluster, sweep_executor
+from scaling.core import fileio
+from scaling.sweep import SweepRun, run_dir
 
 SIGNAL_DELAY_S = 90     # USR2 this long before the time limit: time for a checkpoint
 
@@ -88,7 +90,7 @@ class SlurmBackend:
 
     # --- before anything is written ---
 
-    def preflight(self, runs: Sequence[SweepRun]) -> None:
+    def preflight(self, runs: Sequence[SweepRun], root: str) -> None:
         sweep_cluster.refuse_multi_host(self.hosts_per_run, "slurm")
         if self.accelerator == "tpu":
             raise sweep_cluster.BackendError("--accelerator=tpu: SLURM does not schedule TPUs; use --backend=ray "
@@ -96,6 +98,31 @@ class SlurmBackend:
         self.submitit = sweep_cluster.require("submitit")
         sweep_cluster.check_capacity(runs, self.accelerator, self.cores_per_run, self.nodes(),
                                      "SLURM cluster" if self.cluster == "slurm" else "this machine (--slurm_cluster=local)")
+        self.refuse_live_jobs(runs, root)
+
+    def refuse_live_jobs(self, runs: Sequence[SweepRun], root: str) -> None:
+        """The jobs of a launcher that was killed keep running (SLURM owns them, not the launcher) and ROOT/.lock
+        is free again: refuse a second sweep while any of them still trains one of ``runs``."""
+        states = {r.name: fileio.read_json_object(os.path.join(run_dir(root, r.name), "launcher.json")) or {}
+                  for r in runs}
+        states = {n: s for n, s in states.items() if s.get("status") == "running" and s.get("executor") == "slurm"}
+        if not states:
+            return
+        if self.cluster == "local":
+            live = [n for n, s in states.items() if s.get("host") == socket.gethostname()
+                    and sweep_executor.process_alive(s.get("pid", -1), b"submitit")]
+        else:
+            try:
+                queued = set(subprocess.run(["squeue", "-h", "-o", "%A"], capture_output=True, text=True, timeout=30,
+                                            check=True).stdout.split())
+            except (subprocess.SubprocessError, OSError):
+                queued = set()
+            live = [n for n, s in states.items() if str(s.get("slurm_job")) in queued]
+        if live:
+            raise sweep_executor.LockedError(
+                f"sweep root {root} is in use: run(s) {', '.join(live)} are still training in SLURM job(s) "
+                f"{', '.join(str(states[n].get('slurm_job')) for n in live)} of an earlier launcher; wait for them "
+                f"(then rerun to collect and resume) or cancel them (scancel)")
 
     def nodes(self) -> list[dict]:
         """{cpus, gpu} per node: `sinfo` on SLURM, this machine for --slurm_cluster=local."""

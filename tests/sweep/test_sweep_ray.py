@@ -106,6 +106,12 @@ def test_two_nodes_spread_skip_and_oversized_runs_refused(two_nodes, backend_swe
 
 
 def test_ray_missing_no_cluster_and_locked_root_are_refused(backend_sweep_file, tmp_path):
+    # The local backend (and importing the backends' modules) never imports ray or submitit.
+    probe = subprocess.run([sys.executable, "-c", "import sys; from experiments import sweep, sweep_ray, sweep_slurm; "
+                            "print(sorted({'ray', 'submitit'} & set(sys.modules)))"], cwd=REPO, env=child_env(),
+                           capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0 and probe.stdout.strip() == "[]", probe.stderr[-2000:]
+
     # ray not installed: a module named ray that fails to import, first on the path.
     shadow = tmp_path / "shadow"
     shadow.mkdir()

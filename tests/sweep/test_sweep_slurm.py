@@ -7,15 +7,17 @@ jobs as real subprocesses, with the same pickled job and the same checkpoint/req
   submits the run again). Both resume from their checkpoints; losses and runs.csv equal the local backend's.
 - The sbatch script of the sweep's job array: array size and parallelism, GPUs/CPUs from the runs' meshes, the
   partition, requeue and the USR2 signal.
-- Bad input: no SLURM on the machine, a run larger than the machine.
+- Bad input: no SLURM on the machine, a run larger than the machine, the live jobs of a killed launcher.
 """
 import os
 import signal
+import socket
 import subprocess
 import sys
 
 from experiments import sweep_slurm
 from scaling import sweep
+from scaling.core import fileio
 from tests.sweep import backend_sweep as bs
 from tests.sweep.test_sweep_run import REPO, child_env, cli
 
@@ -83,3 +85,22 @@ def test_no_slurm_and_a_run_larger_than_the_machine_are_refused(backend_sweep_fi
     refused = cli(f"--gin_file={big}", f"--root={root}", "--backend=slurm", "--slurm_cluster=local")
     assert refused.returncode == 2 and f"run {bs.LADDER[0]} needs 4096 CPU(s) on one host" in refused.stderr
     assert "nothing was submitted" in refused.stderr and not os.path.exists(os.path.join(root, "runs"))
+
+
+def test_jobs_of_a_killed_launcher_still_running_lock_the_root(backend_sweep_file, tmp_path):
+    """SLURM keeps a killed launcher's jobs running and ROOT/.lock is free: their live jobs refuse a second sweep."""
+    root = str(tmp_path / "root")
+    job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "submitit.core._submit"])
+    try:
+        workdir = os.path.join(root, "runs", bs.LONG)
+        os.makedirs(workdir)
+        fileio.write_json_atomic(os.path.join(workdir, "launcher.json"), {
+            "status": "running", "executor": "slurm", "slurm_job": "4242", "pid": job.pid,
+            "host": socket.gethostname()})
+        refused = cli(f"--gin_file={backend_sweep_file}", f"--root={root}", "--backend=slurm", "--slurm_cluster=local")
+        assert refused.returncode == 3, refused.stderr[-2000:]
+        assert f"run(s) {bs.LONG} are still training in SLURM job(s) 4242" in refused.stderr
+        assert not os.path.exists(os.path.join(root, "sweep.json"))
+    finally:
+        job.kill()
+        job.wait()
