@@ -80,7 +80,7 @@ def has_checkpoint(root, name):
     return os.path.isdir(checkpoints) and any(d.isdigit() for d in os.listdir(checkpoints))
 
 
-def wait_for(condition, proc, what, timeout=300, poll=0.05):
+def wait_for(condition, proc, what, timeout=900, poll=0.05):
     """Polls ``condition()`` until true; fails if ``proc`` (the launcher) exits first or time runs out."""
     deadline = time.time() + timeout
     while not condition():
@@ -102,6 +102,6 @@ def local_reference(sweep_file, root):
     if not os.path.exists(os.path.join(root, "runs.csv")) or any(
             r["status"] != "finished" for r in comparable_rows(root).values()):
         done = subprocess.run([sys.executable, "-m", "experiments.sweep", f"--gin_file={sweep_file}", f"--root={root}",
-                               "--workers=2", "--executor=subprocess"], cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600)
+                               "--workers=2", "--executor=subprocess"], cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=1800)
         assert done.returncode == 0, done.stderr[-3000:]
     return root

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from experiments import sweep_executor
+from experiments import sweep_cluster, sweep_executor
 from tests.sweep import backend_sweep as bs
 from tests.sweep.test_sweep_run import REPO, child_env, cli
 
@@ -40,7 +40,7 @@ def test_local_head_kill_retry_resume_and_same_runs_csv_as_local(backend_sweep_f
         assert state["executor"] == "ray" and state["pid"] != proc.pid
         kill(state["pid"])
         kill(state["train_pid"])
-        out, _ = proc.communicate(timeout=400)
+        out, _ = proc.communicate(timeout=1200)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -128,13 +128,15 @@ def test_ray_missing_no_cluster_and_locked_root_are_refused(backend_sweep_file, 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    root = str(tmp_path / "nocluster")
     started = time.time()
+    with pytest.raises(sweep_cluster.BackendError, match=f"no Ray cluster reachable at 127.0.0.1:{port} within 1 s"):
+        sweep_cluster.wait_tcp(f"127.0.0.1:{port}", 1.0, "Ray cluster")
+    assert time.time() - started < 10
+    root = str(tmp_path / "nocluster")
     absent = cli(f"--gin_file={backend_sweep_file}", f"--root={root}", "--backend=ray", f"--address=127.0.0.1:{port}",
                  "--connect_timeout=2")
     assert absent.returncode == 2, absent.stderr[-2000:]
     assert f"no Ray cluster reachable at 127.0.0.1:{port} within 2 s" in absent.stderr
-    assert time.time() - started < 120
     assert not os.path.exists(os.path.join(root, "sweep.json")) and not os.path.exists(os.path.join(root, "runs"))
 
     # A second sweep on a root in use: refused by the lock, as on the local backend.

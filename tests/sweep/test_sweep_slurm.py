@@ -34,7 +34,7 @@ def test_preempted_jobs_requeue_and_resume_exactly(backend_sweep_file, local_ref
         assert long_state["executor"] == "slurm" and long_state["slurm_job"]
         os.kill(long_state["pid"], signal.SIGUSR2)            # the job process: submitit's preemption signal
         os.kill(holdout_state["train_pid"], signal.SIGTERM)   # the training process itself
-        out, _ = proc.communicate(timeout=400)
+        out, _ = proc.communicate(timeout=1200)
     finally:
         if proc.poll() is None:
             proc.kill()
