@@ -96,12 +96,13 @@ def launch(*args, env=None):
 
 
 def local_reference(sweep_file, root):
-    """The local backend's sweep root for ``sweep_file`` with the subprocess executor, whose per-run command the
-    cluster backends run (the in-process executor's runs have the same losses but last-bit-different gradient
-    noise diagnostics, b_simple, in runs.csv)."""
+    """The local backend's sweep root for ``sweep_file`` with the subprocess executor (the per-run command the
+    cluster backends run), one run at a time: unpinned like a Ray task or a SLURM job, since the gradient-noise
+    diagnostics (runs.csv's b_simple) differ in their 7th digit between a run pinned to one core (--workers=2
+    here) and one using all of them; the losses do not."""
     if not os.path.exists(os.path.join(root, "runs.csv")) or any(
             r["status"] != "finished" for r in comparable_rows(root).values()):
         done = subprocess.run([sys.executable, "-m", "experiments.sweep", f"--gin_file={sweep_file}", f"--root={root}",
-                               "--workers=2", "--executor=subprocess"], cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=1800)
+                               "--workers=1", "--executor=subprocess"], cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=1800)
         assert done.returncode == 0, done.stderr[-3000:]
     return root

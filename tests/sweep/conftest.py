@@ -12,5 +12,5 @@ def backend_sweep_file(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def local_reference_root(backend_sweep_file, tmp_path_factory):
-    """ROOT of the whole backend sweep trained by the local backend (in-process, two workers)."""
+    """ROOT of the whole backend sweep trained by the local backend (subprocess executor, one run at a time)."""
     return backend_sweep.local_reference(backend_sweep_file, str(tmp_path_factory.mktemp("local_reference") / "root"))
