@@ -67,16 +67,18 @@ def two_nodes():
     os.environ.update(child_env())
     os.environ["PYTHONPATH"] = REPO
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    cluster = Cluster()
     try:
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 80 * 2 ** 20,
-                                                                "include_dashboard": False})
-        cluster.add_node(num_cpus=1, object_store_memory=80 * 2 ** 20)
-        cluster.wait_for_nodes()
+        try:
+            cluster.add_node(num_cpus=1, object_store_memory=80 * 2 ** 20, include_dashboard=False)   # the head
+            cluster.add_node(num_cpus=1, object_store_memory=80 * 2 ** 20)
+            cluster.wait_for_nodes()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        yield cluster
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    yield cluster
-    cluster.shutdown()
+        cluster.shutdown()     # also when starting it failed: no Ray process outlives the test
 
 
 def test_two_nodes_spread_skip_and_oversized_runs_refused(two_nodes, backend_sweep_file, local_reference_root,
