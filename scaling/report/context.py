@@ -17,13 +17,24 @@ def final_eval(rep: Report, row) -> dict | None:
     return max(lines, key=lambda e: e.get("step", 0)) if lines else None
 
 
+def position_curve(e: dict) -> tuple[np.ndarray, int, bool]:
+    """(loss per position, windows, paired) of an eval record: the stride-1 position eval when the run has one
+    (DataConfig.position_eval_windows; nearly the same tokens at every position), else the disjoint windows'."""
+    if e.get("position_eval_loss_per_position"):
+        return np.asarray(e["position_eval_loss_per_position"], dtype=float), int(e.get("position_eval_windows", 0)), True
+    return np.asarray(e["loss_per_position"], dtype=float), int(e.get("eval_windows", 0)), False
+
+
 def section_position(rep: Report) -> list:
     """Per-token-position loss (Fig. 20) from the final eval of each ladder run."""
-    runs = []
+    runs, estimators = [], set()
     for r in sorted(rep.sweep.group("ladder"), key=lambda r: r.get("n_params_nonembedding") or 0):
         e = final_eval(rep, r)
         if e is not None:
-            runs.append((r, np.asarray(e["loss_per_position"], dtype=float)))
+            lp, n_windows, paired = position_curve(e)
+            runs.append((r, lp))
+            estimators.add(f"{n_windows} stride-1 windows (DataConfig.position_eval_windows)" if paired else
+                           f"{n_windows} disjoint eval windows (noisy per position: set DataConfig.position_eval_windows)")
     need(len(runs) >= 1, "no ladder run has loss_per_position in eval.jsonl")
     series, table = [], ["| run | N | L(T=1) | L(T=n_ctx) | fit L_∞ + b·T^(−c): c | R² | note |",
                          "|---|---:|---:|---:|---:|---:|---|"]
@@ -46,8 +57,9 @@ def section_position(rep: Report) -> list:
     fig = rep.figure("per_position.png", [dict(title="loss by position in the context (dotted: power-law fits)",
                                                xlabel="token position T", ylabel="eval loss", ylog=True, series=series)],
                      "Per-token loss: Kaplan Fig. 20")
-    return [f"Final eval of {len(runs)} ladder runs; loss at each of the n_ctx positions (later tokens see more "
-            "context). The paper fits L(T) with a power law in T for T ≪ n_ctx.", "", *table, "", fig]
+    return [f"Final eval of {len(runs)} ladder runs on {'; '.join(sorted(estimators))}; loss at each of the n_ctx "
+            "positions (later tokens see more context). The paper fits L(T) with a power law in T for T ≪ n_ctx; "
+            "the fit uses T ≤ n_ctx/2 in log-spaced bins.", "", *table, "", fig]
 
 
 def train_corpus(rep: Report) -> str:
