@@ -30,6 +30,9 @@ class DataConfig:
     vocab_size: int = 4096                # spm pieces incl. pad=0, eos=1, unk=2 (ignored for "byte": 259)
     data_budget_tokens: int | None = None  # D: unique train tokens, a prefix of one global shuffled order
     eval_tokens: int = 65536              # target tokens in the fixed held-out eval set (validation split)
+    position_eval_windows: int = 0        # > 0: the final eval also scores this many stride-1 windows for the
+                                          # loss-per-position curve (loader.position_eval_windows); 0 = off
+    position_eval_regions: int = 16       # evenly spaced stretches of the validation split they are read from
     extra_eval_tasks: tuple[str, ...] = ("wiki_mini",)  # other distributions evaluated with the same vocab
     cache_dir: str = ".cache/scaling"     # vocab + token caches (relative to cwd unless absolute)
     train_files: tuple[str, ...] = ()     # task="local_files": glob patterns of .txt/.jsonl/.jsonl.xz/.jsonl.gz
@@ -58,7 +61,7 @@ class DataConfig:
             else:
                 raise ValueError(f"DataConfig.{name} must be a string or a tuple of strings, got {value!r}")
         for name in ("vocab_size", "eval_tokens", "subset_seed", "num_workers", "prefetch", "vocab_training_chars",
-                     "data_budget_tokens", "max_train_documents", "max_eval_documents"):
+                     "position_eval_windows", "position_eval_regions", "data_budget_tokens", "max_train_documents", "max_eval_documents"):
             value = getattr(self, name)
             optional = name in ("data_budget_tokens", "max_train_documents", "max_eval_documents")
             if (value is None and optional) or (isinstance(value, numbers.Real) and not isinstance(value, bool)):
@@ -75,6 +78,7 @@ class LMData:
     extra_evals: dict                     # name -> (windows, bytes_per_token)
     manifest: dict                        # hashes and counts, for summary.json
     encoder: vocab_lib.Encoder            # text <-> ids (decode samples, inspect batches)
+    position_eval_windows: np.ndarray | None = None  # int32 stride-1 windows for loss per position (or None)
 
     def decode(self, ids) -> str:
         return self.encoder.decode(ids)
@@ -101,6 +105,9 @@ def _validate(config: DataConfig, n_ctx: int, global_batch_size: int) -> None:
                          "use None for the whole corpus")
     if config.eval_tokens < 1:
         raise ValueError(f"DataConfig.eval_tokens must be positive, got {config.eval_tokens}")
+    if config.position_eval_windows < 0 or config.position_eval_regions < 1:
+        raise ValueError(f"DataConfig.position_eval_windows must be >= 0 (0 = off) and position_eval_regions >= 1, "
+                         f"got {config.position_eval_windows} and {config.position_eval_regions}")
 
 
 def _resolve_task(tasks, name: str, config: DataConfig) -> str:
@@ -194,6 +201,11 @@ def build_data(config: DataConfig, *, n_ctx: int, global_batch_size: int, seed: 
         return entry, windows, loader_lib.bytes_per_token(windows, token_bytes), fp
 
     val_cache, eval_windows, eval_bpt, val_fp = eval_set(task)
+    position_windows = None
+    if config.position_eval_windows:
+        position_windows = loader_lib.position_eval_windows(
+            val_cache.tokens, n_ctx, config.position_eval_windows, config.position_eval_regions,
+            what=tasks.label(task, "validation"))
     extra_evals, extra_manifest = {}, {}
     for extra, name in extra_names.items():
         entry, windows, bpt, fp = eval_set(name)
@@ -213,6 +225,8 @@ def build_data(config: DataConfig, *, n_ctx: int, global_batch_size: int, seed: 
         global_batch_size=global_batch_size, process_count=process_count,
         eval_windows=len(eval_windows), eval_tokens=int(eval_windows[:, 1:].size),
         eval_bytes_per_token=eval_bpt, validation_tokens=val_cache.n_tokens,
+        position_eval_windows=0 if position_windows is None else len(position_windows),
         train_cache=train_cache.path, validation_cache=val_cache.path, extra_evals=extra_manifest)
     return LMData(vocab_size=int(vocab_size), train=train, eval_windows=eval_windows, eval_bytes_per_token=eval_bpt,
-                  extra_evals=extra_evals, manifest=manifest, encoder=encoder)
+                  extra_evals=extra_evals, manifest=manifest, encoder=encoder,
+                  position_eval_windows=position_windows)

@@ -150,6 +150,65 @@ def power_law_fit(n, l_inf) -> tuple[float, float]:
     return float(math.exp(intercept / alpha)) if alpha != 0 else float("inf"), alpha
 
 
+def _floor_fit_weighted(x, y, w) -> tuple[float, float, float]:
+    """(E, N_c, α) minimising Σ w·(log L − log(E + (N_c/N)^α))²: a profile over E (for each E, log(L − E) is
+    linear in log N), then a joint polish of the three parameters from the best profile point."""
+    lx, ly = np.log(x), np.log(y)
+
+    def line(e):
+        slope, icpt = np.polyfit(lx, np.log(y - e), 1, w=np.sqrt(w))
+        return -slope, icpt
+
+    def sse(theta):
+        e, alpha, icpt = theta
+        pred = e + np.exp(icpt - alpha * lx)
+        return float(np.sum(w * (ly - np.log(np.maximum(pred, 1e-300))) ** 2))
+
+    e_grid = y.min() * np.linspace(0.0, 0.995, 200)
+    profile = [sse((e, *line(e))) for e in e_grid]
+    e0 = float(e_grid[int(np.argmin(profile))])
+    res = scipy.optimize.minimize(sse, (e0, *line(e0)), method="Nelder-Mead",
+                                  options=dict(xatol=1e-10, fatol=1e-16, maxiter=20000))
+    e, alpha, icpt = (float(v) for v in res.x)
+    if not (0.0 <= e < y.min()) or alpha <= 0:   # the polish left the valid region: keep the profile optimum
+        e, (alpha, icpt) = e0, line(e0)
+    return e, float(math.exp(icpt / alpha)), float(alpha)
+
+
+def floor_power_law_fit(n, loss, n_boot: int = 200, seed: int = 0, level: float = 0.95) -> dict:
+    """L(N) = E + (N_c/N)^α_N with an irreducible loss E ≥ 0 (Henighan et al. 2020; Hoffmann et al. 2022's
+    form in N), fitted in log space, with a bootstrap over the points (rungs) for the CIs.
+
+    Kaplan eq 1.1 has no E: at the paper's losses the floor is far below, so log L is straight in log N. A
+    ladder of tiny models whose loss flattens as it nears the entropy of the text bends in log-log; this fit
+    says whether a floor accounts for that bend (its residuals then have no curvature left).
+    """
+    x, y = np.asarray(n, dtype=np.float64), np.asarray(loss, dtype=np.float64)
+    if len(x) < 4 or np.any(x <= 0) or np.any(y <= 0):
+        raise InputError(f"the floor fit needs >= 4 points with positive N and loss, got {len(x)}")
+    e, n_c, alpha = _floor_fit_weighted(x, y, np.ones_like(x))
+    reps = []
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        counts = np.bincount(rng.integers(0, len(x), len(x)), minlength=len(x)).astype(np.float64)
+        if np.count_nonzero(counts) < 4:
+            continue
+        keep = counts > 0
+        try:
+            reps.append(_floor_fit_weighted(x[keep], y[keep], counts[keep]))
+        except (ValueError, np.linalg.LinAlgError, FloatingPointError):
+            continue
+    q = 100 * (1 - level) / 2
+    ci = {}
+    if len(reps) >= 10:
+        arr = np.asarray(reps)
+        for i, name in enumerate(("E", "N_c", "alpha_N")):
+            lo, hi = np.nanpercentile(arr[:, i], [q, 100 - q])
+            ci[name] = [float(lo), float(hi)]
+    return dict(params=dict(E=e, N_c=n_c, alpha_N=alpha), ci95=ci, n_boot=len(reps),
+                predict=lambda nn: e + (n_c / np.asarray(nn, dtype=np.float64)) ** alpha)
+
+
 def predict_final_loss(curves: Sequence[Curve], target_n: float, target_steps: float, target_batch_tokens: float, *,
                        b_crit: Callable | None = None, start_fraction: float = 0.25, n_boot: int = 200,
                        seed: int = 0) -> dict:

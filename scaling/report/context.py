@@ -17,13 +17,24 @@ def final_eval(rep: Report, row) -> dict | None:
     return max(lines, key=lambda e: e.get("step", 0)) if lines else None
 
 
+def position_curve(e: dict) -> tuple[np.ndarray, int, bool]:
+    """(loss per position, windows, paired) of an eval record: the stride-1 position eval when the run has one
+    (DataConfig.position_eval_windows; nearly the same tokens at every position), else the disjoint windows'."""
+    if e.get("position_eval_loss_per_position"):
+        return np.asarray(e["position_eval_loss_per_position"], dtype=float), int(e.get("position_eval_windows", 0)), True
+    return np.asarray(e["loss_per_position"], dtype=float), int(e.get("eval_windows", 0)), False
+
+
 def section_position(rep: Report) -> list:
     """Per-token-position loss (Fig. 20) from the final eval of each ladder run."""
-    runs = []
+    runs, estimators = [], set()
     for r in sorted(rep.sweep.group("ladder"), key=lambda r: r.get("n_params_nonembedding") or 0):
         e = final_eval(rep, r)
         if e is not None:
-            runs.append((r, np.asarray(e["loss_per_position"], dtype=float)))
+            lp, n_windows, paired = position_curve(e)
+            runs.append((r, lp))
+            estimators.add(f"{n_windows} stride-1 windows (DataConfig.position_eval_windows)" if paired else
+                           f"{n_windows} disjoint eval windows (noisy per position: set DataConfig.position_eval_windows)")
     need(len(runs) >= 1, "no ladder run has loss_per_position in eval.jsonl")
     series, table = [], ["| run | N | L(T=1) | L(T=n_ctx) | fit L_∞ + b·T^(−c): c | R² | note |",
                          "|---|---:|---:|---:|---:|---:|---|"]
@@ -46,8 +57,9 @@ def section_position(rep: Report) -> list:
     fig = rep.figure("per_position.png", [dict(title="loss by position in the context (dotted: power-law fits)",
                                                xlabel="token position T", ylabel="eval loss", ylog=True, series=series)],
                      "Per-token loss: Kaplan Fig. 20")
-    return [f"Final eval of {len(runs)} ladder runs; loss at each of the n_ctx positions (later tokens see more "
-            "context). The paper fits L(T) with a power law in T for T ≪ n_ctx.", "", *table, "", fig]
+    return [f"Final eval of {len(runs)} ladder runs on {'; '.join(sorted(estimators))}; loss at each of the n_ctx "
+            "positions (later tokens see more context). The paper fits L(T) with a power law in T for T ≪ n_ctx; "
+            "the fit uses T ≤ n_ctx/2 in log-spaced bins.", "", *table, "", fig]
 
 
 def train_corpus(rep: Report) -> str:
@@ -59,18 +71,31 @@ def train_corpus(rep: Report) -> str:
     return "the training corpus"
 
 
+def transfer_task(rep: Report) -> str:
+    """The extra-distribution eval the runs carry (final_eval_loss_<task>; wiki_mini in the quick preset, wiki in
+    the full one): the one most finished runs have, wiki_mini first on a tie."""
+    counts = {}
+    for r in rep.sweep.finished():
+        for k, v in r.items():
+            if k.startswith("final_eval_loss_") and rt.positive(v):
+                counts[k[len("final_eval_loss_"):]] = counts.get(k[len("final_eval_loss_"):], 0) + 1
+    return max(sorted(counts), key=lambda t: (counts[t], t == "wiki_mini")) if counts else "wiki_mini"
+
+
 def section_transfer(rep: Report) -> list:
-    """Generalisation to a second distribution (Fig. 8): wiki-mini loss vs books loss, and vs N."""
+    """Generalisation to a second distribution (Fig. 8): wiki loss vs books loss, and vs N."""
     corpus = train_corpus(rep)
-    rows = [r for r in rep.sweep.finished() if rt.positive(r.get("final_eval_loss_wiki_mini"))
+    task = transfer_task(rep)
+    col, label = f"final_eval_loss_{task}", task.replace("_", "-")
+    rows = [r for r in rep.sweep.finished() if rt.positive(r.get(col))
             and rt.positive(r.get("final_eval_loss")) and r.get("group") in ("ladder", "lstm", "recurrent", "holdout")]
-    need(len(rows) >= 2, f"{len(rows)} finished runs have final_eval_loss_wiki_mini (the extra-distribution eval; "
-                          "need >= 2): set DataConfig extra evals in the sweep")
+    need(len(rows) >= 2, f"{len(rows)} finished runs have {col} (the extra-distribution eval; "
+                          "need >= 2): set DataConfig.extra_eval_tasks in the sweep")
     x = np.array([r["final_eval_loss"] for r in rows])
-    y = np.array([r["final_eval_loss_wiki_mini"] for r in rows])
+    y = np.array([r[col] for r in rows])
     t = rt.transfer_offset(x, y)
-    rep.save_fit("transfer_wiki_mini", dict(law="L_wiki = intercept + slope * L_books", params=t,
-                                            runs=[str(r["run"]) for r in rows]))
+    rep.save_fit(f"transfer_{task}", dict(law=f"L_{task} = intercept + slope * L_train", params=t,
+                                          runs=[str(r["run"]) for r in rows]))
     groups = sorted({r["group"] for r in rows})
     colours = dict(ladder="tab:blue", lstm="tab:red", recurrent="tab:green", holdout="k")
     left, right = [], []
@@ -78,9 +103,9 @@ def section_transfer(rep: Report) -> list:
         m = [r for r in rows if r["group"] == g]
         left.append(dict(x=[r["n_params_nonembedding"] for r in m], y=[r["final_eval_loss"] for r in m],
                          kind="scatter", color=colours.get(g, "0.5"), label=f"{g}: {corpus} (train distribution)"))
-        left.append(dict(x=[r["n_params_nonembedding"] for r in m], y=[r["final_eval_loss_wiki_mini"] for r in m],
-                         kind="scatter", marker="^", color=colours.get(g, "0.5"), label=f"{g}: wiki-mini"))
-        right.append(dict(x=[r["final_eval_loss"] for r in m], y=[r["final_eval_loss_wiki_mini"] for r in m],
+        left.append(dict(x=[r["n_params_nonembedding"] for r in m], y=[r[col] for r in m],
+                         kind="scatter", marker="^", color=colours.get(g, "0.5"), label=f"{g}: {label}"))
+        right.append(dict(x=[r["final_eval_loss"] for r in m], y=[r[col] for r in m],
                           kind="scatter", color=colours.get(g, "0.5"), label=g))
     g = np.linspace(x.min(), x.max(), 50)
     if math.isfinite(t["slope"]):
@@ -91,10 +116,10 @@ def section_transfer(rep: Report) -> list:
     fig = rep.figure("transfer.png", [
         dict(title="loss on both distributions vs N", xlabel="N (non-embedding)", ylabel="final eval loss", ylog=True,
              series=left),
-        dict(title=f"wiki-mini loss vs {corpus} loss", xlabel=f"{corpus} eval loss", ylabel="wiki-mini eval loss",
+        dict(title=f"{label} loss vs {corpus} loss", xlabel=f"{corpus} eval loss", ylabel=f"{label} eval loss",
              xlog=False, series=right)], "Generalisation to a second distribution: Kaplan Fig. 8")
     return [f"{len(rows)} runs ({', '.join(groups)}) evaluated on both the training distribution ({corpus}) and "
-            "wiki-mini (never trained on).", "",
-            f"wiki-mini loss = {fmt(t['intercept'], '.3f')} + {fmt(t['slope'], '.3f')} × {corpus} loss; mean offset "
+            f"{label} (never trained on).", "",
+            f"{label} loss = {fmt(t['intercept'], '.3f')} + {fmt(t['slope'], '.3f')} × {corpus} loss; mean offset "
             f"{t['offset']:+.3f} ± {fmt(t['offset_sd'], '.3f')} nats/token (paper Fig. 8: a roughly constant offset, "
             "slope ≈ 1, across model families).", "", fig]

@@ -166,8 +166,8 @@ def exponent_table(rep: Report) -> list:
     tag = data_tag(rep)
     for e in rep.exponents:
         fmt = "{:.3g}" if abs(e["value"]) >= 100 or abs(e["value"]) < 1e-2 else "{:.4f}"
-        out.append(f"| {e['symbol']} | {e['what']} | {rt.format_ci(e['value'], e['ci'], fmt)} | {e['paper']:g} "
-                   f"({e['paper_src']}) | {tag}{e['differs']} | {'; '.join(e['notes']) or 'none'} |")
+        out.append(f"| {e['symbol']} | {e['what']} | {rt.format_ci(e['value'], e['ci'], fmt)} | "
+                   f"{'–' if e['paper'] is None else format(e['paper'], 'g')} ({e['paper_src']}) | {tag}{e['differs']} | {'; '.join(e['notes']) or 'none'} |")
     return out
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from scaling.analysis import report_tables as rt
-from scaling.report.context import final_eval
+from scaling.report.context import final_eval, position_curve
 from scaling.report.document import Report, log_grid, notes_text, value_range
 from scaling.report.loader import need, scored
 
@@ -53,7 +53,7 @@ def section_lstm(rep: Report) -> list:
     for r, colour, label in ((near_t, "tab:blue", "Transformer"), (big_l, "tab:red", "LSTM")):
         e = final_eval(rep, r)
         if e is not None:
-            lp = np.asarray(e["loss_per_position"], dtype=float)
+            lp = position_curve(e)[0]
             right.append(dict(x=np.arange(1, len(lp) + 1), y=lp, kind="line", color=colour,
                               label=f"{label} N = {r['n_params_nonembedding']:.2g}"))
     panels = [dict(title="loss vs N", xlabel="N (non-embedding)", ylabel="best eval loss", ylog=True, series=left)]

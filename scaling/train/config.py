@@ -183,6 +183,7 @@ FINGERPRINT_EXCLUDED = frozenset({
     "checkpoint_every", "keep_checkpoints", "async_checkpointing", "mesh", "nonfinite", "max_skipped_steps",
     "loss_chunk_length", "model.attention_impl",
     "data.num_workers", "data.prefetch", "data.cache_dir", "data.tfds_data_dir",
+    "data.position_eval_windows", "data.position_eval_regions",  # evaluation only: training is unchanged
 })
 # Changes that make the saved state unusable (shapes/structure of params or optimizer state): refused
 # even with resume_changed_config.

@@ -212,6 +212,14 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
                                       config.resolved_eval_batch_size, put_eval)
             rec[f"eval_loss_{name}"] = extra.loss
             rec[f"eval_bpb_{name}"] = extra.bits_per_byte
+        position_windows = getattr(run.data, "position_eval_windows", None)
+        if step == config.num_steps and position_windows is not None:
+            # The final eval's loss per position on stride-1 windows (data.loader.position_eval_windows): the
+            # Fig. 20 curve without the per-position sampling noise of the disjoint eval windows above.
+            paired = eval_lib.evaluate(eval_step, state["params"], position_windows, float("nan"),
+                                       config.resolved_eval_batch_size, put_eval)
+            rec.update(position_eval_loss=paired.loss, position_eval_windows=paired.n_windows,
+                       position_eval_loss_per_position=paired.loss_per_position.tolist())
         if result.loss < best_loss:
             best_loss, best_step = result.loss, step
         rec["best_eval_loss"], rec["best_eval_step"] = best_loss, best_step

@@ -71,3 +71,28 @@ def test_bad_input_is_named():
         lc.fit_separable(curves, start_fraction=0.9)
     with pytest.raises(InputError, match="duplicate"):
         lc.fit_separable([curves[0], dataclasses.replace(curves[1], name=curves[0].name)], start_fraction=0.0)
+
+
+def test_floor_power_law_fit_recovers_a_floor_and_removes_the_bend():
+    from scaling.analysis import report_tables as rt
+    n = np.geomspace(3e3, 4e5, 8)
+    e, n_c, alpha = 3.1, 4e4, 0.17
+    loss = (e + (n_c / n) ** alpha) * np.exp(np.random.default_rng(0).normal(0, 3e-4, n.size))
+    fit = lc.floor_power_law_fit(n, loss, n_boot=100, seed=0)
+    p = fit["params"]
+    assert p["E"] == pytest.approx(e, abs=0.15) and p["alpha_N"] == pytest.approx(alpha, rel=0.15)
+    lo, hi = fit["ci95"]["alpha_N"]
+    assert lo <= alpha <= hi and lo < p["alpha_N"] < hi
+    assert rt.fit_quality(n, loss, fit["predict"](n))["bend_p"] > 0.05     # no bend left
+    slope, icpt = np.polyfit(np.log(n), np.log(loss), 1)                    # the pure power law does bend
+    assert rt.fit_quality(n, loss, np.exp(icpt + slope * np.log(n)))["bend_p"] < 1e-3
+
+
+def test_floor_power_law_fit_on_a_pure_power_law_finds_no_floor():
+    n = np.geomspace(1e3, 1e9, 10)
+    loss = (8.8e13 / n) ** 0.076
+    fit = lc.floor_power_law_fit(n, loss, n_boot=20, seed=0)
+    assert fit["params"]["E"] < 0.05 * loss.min()
+    assert fit["params"]["alpha_N"] == pytest.approx(0.076, rel=0.05)
+    with pytest.raises(Exception, match=">= 4 points"):
+        lc.floor_power_law_fit(n[:3], loss[:3])

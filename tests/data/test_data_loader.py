@@ -123,6 +123,27 @@ def test_n_ctx_longer_than_any_window():
         loader_lib.eval_windows(stream(50), 64, 1000)
 
 
+def test_position_eval_windows_are_stride_one_regions_spread_over_the_split():
+    tokens = np.arange(10_000, dtype=np.int64)  # token value == its index: windows show where they were read
+    n_ctx, n_regions, per_region = 16, 5, 40
+    w = loader_lib.position_eval_windows(tokens, n_ctx, n_windows=n_regions * per_region, n_regions=n_regions)
+    assert w.shape == (n_regions * per_region, n_ctx + 1) and w.dtype == np.int32
+    regions = w.reshape(n_regions, per_region, n_ctx + 1)
+    np.testing.assert_array_equal(np.diff(regions[:, :, 0], axis=1), 1)  # stride 1 inside a region
+    np.testing.assert_array_equal(np.diff(regions, axis=2), 1)           # each window a contiguous stretch
+    starts = regions[:, 0, 0]
+    assert starts[0] == 0 and regions[-1, -1, -1] == len(tokens) - 1     # first and last stretch of the split
+    assert np.all(np.diff(starts) > per_region + n_ctx)                  # disjoint regions, evenly spread
+    # Paired design: positions T and T' score the same targets but for |T - T'| per region.
+    targets = lambda t: set(regions[:, :, t].ravel().tolist())  # noqa: E731
+    assert len(targets(1) & targets(n_ctx // 2)) == n_regions * (per_region - (n_ctx // 2 - 1))
+
+
+def test_position_eval_windows_too_short_split_names_the_setting():
+    with pytest.raises(ValueError, match="position_eval_windows"):
+        loader_lib.position_eval_windows(np.arange(100), 16, n_windows=400, n_regions=2)
+
+
 def test_eval_windows_fixed_spread_and_bytes_per_token():
     tokens = stream(10 * 100 + 1) % 200 + 3
     w1 = loader_lib.eval_windows(tokens, 10, 250)

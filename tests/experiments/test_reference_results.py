@@ -61,6 +61,28 @@ def test_converged_l_of_n_is_a_power_law_over_two_decades():
         assert any(note.startswith("curvature") for note in record["notes"])
 
 
+def test_the_bend_of_l_of_n_is_the_approach_to_an_irreducible_loss():
+    """Eq 1.1 bends on these tiny models; L = E + (N_c/N)^α_N fits the same converged losses with no bend left, and
+    the α_N row of the exponent table says so (item 8: where a number differs from the paper, one line says why)."""
+    pure, floor = fit("kaplan_n"), fit("kaplan_n_floor")
+    assert floor["quality"]["r2_log"] >= 0.999 and floor["quality"]["bend_p"] >= 0.05
+    e_lo, e_hi = floor["ci95"]["E"]
+    assert 0 < e_lo < floor["params"]["E"] < e_hi < min(pure["learning_curve_fit"]["L_inf"].values())
+    if pure["quality"]["bend_p"] < 0.05:
+        row = next(line for line in report_section("Exponents").splitlines() if line.startswith("| α_N | L(N) = (N_c/N)"))
+        assert "irreducible-loss floor" in row
+
+
+def test_loss_per_position_follows_a_power_law_for_the_larger_rungs():
+    """Fig. 20 on stride-1 windows (DataConfig.position_eval_windows): R² >= 0.9 for the three largest rungs."""
+    per_position = fit("per_position")["params"]
+    ladder = sorted(rows("ladder"), key=lambda r: float(r["n_params_nonembedding"]))
+    for r in ladder[-3:]:
+        assert per_position[r["run"]]["r2"] >= 0.9, r["run"]
+        assert 0 < per_position[r["run"]]["c"] < 3
+    assert "stride-1 windows" in report_section("Loss per token position")
+
+
 def test_learning_curves_cross_and_the_frontier_is_fitted_with_an_interval():
     frontier = fit("frontier_n_opt")
     assert len(frontier["transitions"]) >= 3

@@ -117,3 +117,21 @@ def test_report_thin_per_run_keeps_each_runs_range():
         s = [r["S_min"] for r in thin if r["run"] == f"r{j}"]
         assert min(s) == 1.0 and max(s) == 300.0
     assert rt.thin_per_run(rows[:10], 60, key="S_min") == rows[:10]
+
+
+def test_position_curve_prefers_the_stride_one_position_eval():
+    from scaling.analysis import report_tables as rt
+    from scaling.report.context import position_curve
+    t = np.arange(1, 129)
+    law = 4.0 + 0.5 * t ** -0.6
+    noisy = law + np.random.default_rng(0).normal(0, 0.1, size=t.size)   # disjoint windows: ~0.1 nats per position
+    record = dict(loss_per_position=noisy.tolist(), eval_windows=256,
+                  position_eval_loss_per_position=law.tolist(), position_eval_windows=4096)
+    curve, windows, paired = position_curve(record)
+    assert paired and windows == 4096
+    np.testing.assert_array_equal(curve, law)
+    fit = rt.position_power_law(curve)
+    assert fit["r2"] > 0.999 and fit["c"] == pytest.approx(0.6, rel=1e-3)
+    assert rt.position_power_law(noisy)["r2"] < 0.9                        # what the noisy curve alone gives
+    curve, windows, paired = position_curve(dict(loss_per_position=noisy.tolist(), eval_windows=256))
+    assert not paired and windows == 256 and np.array_equal(curve, noisy)  # older runs: the disjoint windows
