@@ -32,6 +32,7 @@ from typing import Callable, Sequence
 import numpy as np
 import scipy.optimize
 
+from scaling.analysis import fitting
 from scaling.analysis.io import InputError
 
 
@@ -188,23 +189,18 @@ def floor_power_law_fit(n, loss, n_boot: int = 200, seed: int = 0, level: float 
         raise InputError(f"the floor fit needs >= 4 points with positive N and loss, got {len(x)}")
     e, n_c, alpha = _floor_fit_weighted(x, y, np.ones_like(x))
     reps = []
-    rng = np.random.default_rng(seed)
-    for _ in range(n_boot):
-        counts = np.bincount(rng.integers(0, len(x), len(x)), minlength=len(x)).astype(np.float64)
-        if np.count_nonzero(counts) < 4:
-            continue
+    for counts in fitting.resample_counts(len(x), n_boot, seed):
         keep = counts > 0
+        if np.count_nonzero(keep) < 4:
+            continue
         try:
             reps.append(_floor_fit_weighted(x[keep], y[keep], counts[keep]))
         except (ValueError, np.linalg.LinAlgError, FloatingPointError):
             continue
-    q = 100 * (1 - level) / 2
     ci = {}
     if len(reps) >= 10:
-        arr = np.asarray(reps)
-        for i, name in enumerate(("E", "N_c", "alpha_N")):
-            lo, hi = np.nanpercentile(arr[:, i], [q, 100 - q])
-            ci[name] = [float(lo), float(hi)]
+        lo, hi = fitting.percentile_ci(np.asarray(reps), level)
+        ci = {name: [float(lo[i]), float(hi[i])] for i, name in enumerate(("E", "N_c", "alpha_N"))}
     return dict(params=dict(E=e, N_c=n_c, alpha_N=alpha), ci95=ci, n_boot=len(reps),
                 predict=lambda nn: e + (n_c / np.asarray(nn, dtype=np.float64)) ** alpha)
 

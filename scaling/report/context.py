@@ -74,11 +74,11 @@ def train_corpus(rep: Report) -> str:
 def transfer_task(rep: Report) -> str:
     """The extra-distribution eval the runs carry (final_eval_loss_<task>; wiki_mini in the quick preset, wiki in
     the full one): the one most finished runs have, wiki_mini first on a tie."""
-    counts = {}
+    prefix, counts = "final_eval_loss_", {}
     for r in rep.sweep.finished():
         for k, v in r.items():
-            if k.startswith("final_eval_loss_") and rt.positive(v):
-                counts[k[len("final_eval_loss_"):]] = counts.get(k[len("final_eval_loss_"):], 0) + 1
+            if k.startswith(prefix) and rt.positive(v):
+                counts[k[len(prefix):]] = counts.get(k[len(prefix):], 0) + 1
     return max(sorted(counts), key=lambda t: (counts[t], t == "wiki_mini")) if counts else "wiki_mini"
 
 
