@@ -72,6 +72,9 @@ class TrainConfig:
     eval_every: int = 500
     eval_batch_size: int | None = None  # None = batch_size
     eval_max_windows: int | None = None  # cap on held-out windows per eval (None = all of them)
+    extra_eval_final_only: bool = False  # the extra evals (DataConfig.extra_eval_tasks, e.g. the transfer
+                                         # corpus) at the final eval only: the report reads only their final
+                                         # value, and at every eval they double its cost
     log_every: int = 10
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
@@ -180,6 +183,7 @@ class TrainConfig:
 # DataConfig knobs that do not change the data (workers, prefetch, where caches live) likewise.
 FINGERPRINT_EXCLUDED = frozenset({
     "num_steps", "progress_bar", "log_every", "eval_every", "eval_batch_size", "eval_max_windows",
+    "extra_eval_final_only",
     "checkpoint_every", "keep_checkpoints", "async_checkpointing", "mesh", "nonfinite", "max_skipped_steps",
     "loss_chunk_length", "model.attention_impl",
     "data.num_workers", "data.prefetch", "data.cache_dir", "data.tfds_data_dir",

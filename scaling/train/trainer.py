@@ -205,7 +205,10 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
                "eval_bpb": result.bits_per_byte, "loss_per_position": result.loss_per_position.tolist(),
                "eval_windows": result.n_windows,
                "compute_pf_days": formulas.pf_days(flops_per_token * step * batch_tokens)}
-        for name, (extra_windows, extra_bpt) in (getattr(run.data, "extra_evals", None) or {}).items():
+        extra_evals = getattr(run.data, "extra_evals", None) or {}
+        if config.extra_eval_final_only and step != config.num_steps:
+            extra_evals = {}
+        for name, (extra_windows, extra_bpt) in extra_evals.items():
             if config.eval_max_windows:
                 extra_windows = extra_windows[:config.eval_max_windows]
             extra = eval_lib.evaluate(eval_step, state["params"], extra_windows, extra_bpt,

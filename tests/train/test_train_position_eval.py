@@ -58,3 +58,24 @@ def test_position_eval_on_the_eval_windows_reproduces_their_curve(tmp_path, synt
     evals, _ = _train(tmp_path, "same", data)
     np.testing.assert_allclose(evals[-1]["position_eval_loss_per_position"], evals[-1]["loss_per_position"],
                                rtol=1e-6)
+
+
+def test_extra_evals_at_the_final_eval_only(tmp_path, synthetic_data):
+    """TrainConfig.extra_eval_final_only: the extra corpora are scored at the last eval alone (their final value is
+    what the report reads), with the same numbers there as when scored at every eval; training is unchanged."""
+    data = synthetic_data(vocab_size=64, n_ctx=32, batch_size=8)
+    data.extra_evals = {"other": (data.eval_windows[::-1].copy(), 1.0)}
+    evals_every, losses_every = _train(tmp_path, "every", data)
+    workdir = str(tmp_path / "final_only")
+    trainer.train(dataclasses.replace(_config(), extra_eval_final_only=True), workdir, data=data,
+                  devices=jax.devices()[:1])
+    evals_final = read_jsonl(os.path.join(workdir, "eval.jsonl"))
+    losses_final = {r["step"]: r["loss"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))}
+
+    assert losses_final == losses_every
+    assert "eval_loss_other" in evals_every[0] and "eval_loss_other" not in evals_final[0]
+    assert evals_final[-1]["eval_loss_other"] == evals_every[-1]["eval_loss_other"]
+    assert evals_final[-1]["eval_loss"] == evals_every[-1]["eval_loss"]
+    import json
+    with open(os.path.join(workdir, "summary.json")) as f:
+        assert json.load(f)["final_extra_eval"]["eval_loss_other"] == evals_every[-1]["eval_loss_other"]
