@@ -5,19 +5,20 @@
 
 Stages (each idempotent; rerunning the command resumes where it stopped and redoes nothing finished):
 
-1. **sweep**: every group of the preset's sweep file (gin/sweeps/kaplan_cpu_<preset>.gin) except
-   `holdout`, through `experiments.sweep_executor.run_sweep` with the in-process executor
-   (experiments/sweep_inprocess.py; --executor=subprocess for one process per run) (finished runs skipped,
-   interrupted ones resumed from
-   their checkpoints, failures recorded and retried on the next invocation).
+1. **sweep, first part**: the groups the prediction needs (`ladder`, and `batch_scan` for B_crit) of the
+   preset's sweep file (gin/sweeps/kaplan_cpu_<preset>.gin), through `experiments.sweep_executor.run_sweep`
+   with the in-process executor (experiments/sweep_inprocess.py; --executor=subprocess for one process per
+   run) (finished runs skipped, interrupted ones resumed from their checkpoints, failures recorded and
+   retried on the next invocation).
 2. **noise**: `experiments.noise_scale --root` — B_simple along every run, and B_crit(L) from the
    `batch_scan` group (ROOT/noise/).
-3. **predict**: L(N) fitted on the finished `ladder` runs (eq 1.6 at their one step count, and eq 1.1 beside
-   it) predicts the best eval loss of the `holdout` run (a larger model) with a bootstrap 95 % interval;
-   written to ROOT/prediction.json
+3. **predict**: the ladder's learning curves (eq 1.6 with S_min from B_crit(L)) predict the final eval loss
+   of the `holdout` run (a larger model) with a bootstrap 95 % interval, written to ROOT/prediction.json
    *before* that run starts, and never rewritten once the run has begun (its `written_at` time and
    the run's start time are both in the report, so the order is checkable).
-4. **holdout**: trains the held-out run.
+4. **sweep, second part**: the held-out run and every other group (data budgets, LSTM, recurrent, ...),
+   together and largest first, so the held-out run trains beside the others rather than alone at the end;
+   then `noise_scale` again for their per-run noise analyses.
 5. **report**: `experiments.report --root` (fits, figures, report.md; the prediction's error).
 
 A failed run does not stop the job: it is listed in the report and retried by the next invocation.
@@ -37,10 +38,12 @@ from scaling.core import fileio, records
 
 PRESETS = {"quick": "gin/sweeps/kaplan_cpu_quick.gin", "full": "gin/sweeps/kaplan_cpu_full.gin"}
 HOLDOUT = "holdout"
+# What the prediction is fitted on: the ladder's learning curves, and the batch scan for B_crit(L) (S_min).
+PREDICTION_GROUPS = ("ladder", "batch_scan")
 
 ROOT = flags.DEFINE_string("root", "runs/reproduce", "Output directory (runs/, runs.csv, noise/, fits/, report.md).")
-PRESET = flags.DEFINE_enum("preset", "quick", list(PRESETS), "Which sweep: quick (embedded corpus, ~20-25 min on "
-                           "2 cores) or full (../shared/data/corpus, hours).")
+PRESET = flags.DEFINE_enum("preset", "quick", list(PRESETS), "Which sweep: quick (embedded corpus, ~20 min on "
+                           "2 cores) or full (the 47M-token book corpus, data/corpora.py; ~45 min).")
 SWEEP = flags.DEFINE_string("sweep", None, "A sweep gin file instead of the preset's (same groups).")
 WORKERS = flags.DEFINE_integer("workers", None, "Concurrent runs (default: sized to the machine).")
 EXECUTOR = flags.DEFINE_enum("executor", "inprocess", ["inprocess", "subprocess"],
@@ -49,8 +52,11 @@ EXECUTOR = flags.DEFINE_enum("executor", "inprocess", ["inprocess", "subprocess"
 BOOTSTRAP = flags.DEFINE_integer("bootstrap", 200, "Bootstrap replicates for the prediction and the report.")
 
 
+_START = time.time()
+
+
 def log(message: str) -> None:
-    print(f"[reproduce] {message}", flush=True)
+    print(f"[reproduce +{(time.time() - _START) / 60:.1f} min] {message}", flush=True)
 
 
 def run_stage(name: str, argv: list[str]) -> bool:
@@ -212,7 +218,6 @@ def main(argv):
 
     sweep_file = SWEEP.value or PRESETS[PRESET.value]
     root = os.path.abspath(ROOT.value)
-    start = time.time()
     try:
         _, runs = sweep.expand(sweep_file)
     except (sweep.SweepError, FileNotFoundError, ValueError) as e:
@@ -226,24 +231,27 @@ def main(argv):
     os.makedirs(root, exist_ok=True)
     ok = True
     try:
-        log(f"1/5 sweep {sweep_file} (all groups but {HOLDOUT}) in {root}")
-        first = sweep_executor.run_sweep(sweep_file, root, workers=WORKERS.value, exclude=(HOLDOUT,),
-                                         executor=executor)
-        ok &= first.ok
+        first_groups = sorted({r.group for r in runs if r.group in PREDICTION_GROUPS})
+        later_groups = sorted({r.group for r in runs if r.group not in PREDICTION_GROUPS})
+        if first_groups:
+            log(f"1/5 sweep {sweep_file}: groups {', '.join(first_groups)} in {root}")
+            ok &= sweep_executor.run_sweep(sweep_file, root, workers=WORKERS.value, only=first_groups,
+                                           executor=executor).ok
         log("2/5 noise scale and B_crit")
         ok &= run_stage("noise", ["experiments.noise_scale", f"--root={root}"])
         log("3/5 predict the held-out rung")
         write_prediction(root, runs, BOOTSTRAP.value)
-        if any(r.group == HOLDOUT for r in runs):
-            log("4/5 train the held-out rung")
-            ok &= sweep_executor.run_sweep(sweep_file, root, workers=WORKERS.value, only=(HOLDOUT,),
+        if later_groups:
+            log(f"4/5 sweep: groups {', '.join(later_groups)} (the held-out rung among them, largest first)")
+            ok &= sweep_executor.run_sweep(sweep_file, root, workers=WORKERS.value, only=later_groups,
                                            executor=executor).ok
+            ok &= run_stage("noise", ["experiments.noise_scale", f"--root={root}"])
         log("5/5 report")
         ok &= run_stage("report", ["experiments.report", f"--root={root}", f"--bootstrap={BOOTSTRAP.value}"])
     except sweep_executor.LockedError as e:
         print(f"reproduce: error: {e}", file=sys.stderr)
         sys.exit(2)
-    log(f"done in {(time.time() - start) / 60:.1f} min: {os.path.join(root, 'report.md')}"
+    log(f"done in {(time.time() - _START) / 60:.1f} min: {os.path.join(root, 'report.md')}"
         + ("" if ok else " (some runs or stages failed: see the report; rerun the command to retry them)"))
     sys.exit(0 if ok else 1)
 

@@ -1,8 +1,9 @@
 """`experiments.reproduce` end to end on a tiny sweep: sweep -> noise -> prediction -> holdout -> report.
 
-Three tiny ladder Transformers and one larger held-out one (6 steps each, one CPU device per run).
-Asserts the main job's promises: the prediction is written before the held-out run starts and is
-never rewritten, the report and its figures exist, and a rerun retrains nothing.
+Three tiny ladder Transformers, a data-budget run and one larger held-out one (6 steps each, one CPU device
+per run). Asserts the main job's promises: the prediction is written before the held-out run starts and is
+never rewritten; the groups the prediction does not need (data) train after it, with the held-out run;
+the report and its figures exist, and a rerun retrains nothing.
 """
 import csv
 import json
@@ -26,6 +27,7 @@ Sweep.blocks = [
     {'group': 'ladder', 'models': ['cpu_12k'],
      'grid': {'TransformerConfig.d_model,TransformerConfig.d_attn,TransformerConfig.d_ff':
               [(16, 16, 64), (24, 24, 96), (32, 32, 128)]}},
+    {'group': 'data', 'models': ['cpu_12k'], 'grid': {'DataConfig.data_budget_tokens': [4096]}},
     {'group': 'holdout', 'models': ['cpu_12k'], 'tag': 'big',
      'params': {'TransformerConfig.d_model': 48, 'TransformerConfig.d_attn': 48, 'TransformerConfig.d_ff': 192}},
 ]
@@ -50,7 +52,7 @@ def test_reproduce_predicts_before_training_the_holdout_and_reruns_nothing(tmp_p
 
     with open(root / "runs.csv") as f:
         rows = list(csv.DictReader(f))
-    assert sorted(r["group"] for r in rows) == ["holdout", "ladder", "ladder", "ladder"]
+    assert sorted(r["group"] for r in rows) == ["data", "holdout", "ladder", "ladder", "ladder"]
     assert all(r["status"] == "finished" for r in rows)
     holdout = next(r for r in rows if r["group"] == "holdout")
 
@@ -66,6 +68,10 @@ def test_reproduce_predicts_before_training_the_holdout_and_reruns_nothing(tmp_p
     holdout_dir = root / holdout["workdir"]
     first_output = min(os.path.getmtime(holdout_dir / f) for f in ("config.gin", "metrics.jsonl"))
     assert os.path.getmtime(root / "prediction.json") < first_output
+    # The data run is not needed by the prediction: it trains in the second part, with the held-out run.
+    data_dir = root / next(r for r in rows if r["group"] == "data")["workdir"]
+    assert os.path.getmtime(root / "prediction.json") < os.path.getmtime(data_dir / "config.gin")
+    assert "4/5 sweep: groups data, holdout" in proc.stdout
 
     report = (root / "report.md").read_text()
     assert holdout["run"] in report
