@@ -172,7 +172,9 @@ class LocalCorpus:
         return "files:" + hash_files(self.files(split)) + key
 
 
-_DOWNLOAD_HINT = "download the corpus (see data/corpora/*/SOURCE.md and ../shared/data/*/SOURCE.md)"
+_DOWNLOAD_HINT = ("download the corpus: the cleaned Project Gutenberg books of GitHub rcdm-uga/Gutenberg_Text (commit "
+                  "a0b16d35; data/corpora/books-20m/SOURCE.md says how they are cleaned) and WikiText-103 raw valid+test, "
+                  "as train-*/validation-*.jsonl.xz in DIR/corpus and DIR/corpus-wiki; then SCALING_SHARED_DATA=DIR")
 
 
 def embedded(subdir: str, split_file: str) -> str:

@@ -1,4 +1,4 @@
-"""Sweeps: expand a gin sweep file into named training runs, run them as subprocesses, collect runs.csv.
+"""Sweeps: expand a gin sweep file into named training runs and collect their runs.csv (experiments/ runs them).
 
     python -m experiments.sweep --gin_file=gin/sweeps/smoke.gin --root=/tmp/smoke_sweep
 
