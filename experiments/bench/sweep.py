@@ -9,11 +9,12 @@ and the final 4,096-window loss-per-position eval, checkpoints every 400 steps (
   batch_scan  cpu_25k at B = 4, 16, 64 sequences (half the preset's steps for each B), its scan settings
 Expected time on 2 idle cores (2 workers): about 2-3 minutes per executor, 6-8 minutes for the whole
 section (the matmul peak, both sweeps, the final parameters of every run restored for the comparison).
-It is trained twice in this invocation, into two fresh roots, with the default worker count: first by the
-in-process executor (experiments/sweep_inprocess.py; a fresh, empty JAX compilation cache, so the figure
-does not depend on earlier runs), then by the subprocess executor (one `python -m experiments.train` per
-run). Both hand their runs the peak measured here (scaling/train/mfu.py PEAK_ENV, per core; a cached
-peak of this machine still wins), so neither measures one of its own. Figures:
+The vocabulary and token caches are built (or found) first, untimed. The sweep is then trained twice in this
+invocation, into two fresh roots, with the default worker count: first by the in-process executor
+(experiments/sweep_inprocess.py; a fresh, empty JAX compilation cache, so the figure does not depend on
+earlier runs), then by the subprocess executor (one `python -m experiments.train` per run). Both hand their
+runs the peak measured here (scaling/train/mfu.py PEAK_ENV, per core; a cached peak of this machine still
+wins), so neither measures one of its own. Figures:
 
   sweep_utilisation                 Σ over runs of model FLOPs (models.accounting.mfu_flops_per_token × tokens,
                                     the summaries' flops_per_token_mfu) ÷ (in-process sweep wall time × the
@@ -115,6 +116,20 @@ def _run_record(root: str, name: str) -> dict:
     return {"summary": summary, "losses": losses, "params_sha256": _final_params_sha256(root, name)}
 
 
+def _warm_data(sweep_file: str) -> None:
+    """Builds the sweep's vocabulary and token caches (the corpus and every eval set of its first run, which the
+    others share) before anything is timed: tokenizing is a one-off of the study, not an executor's cost."""
+    from scaling import configurables, sweep
+    from scaling.train import state
+    run = sweep.expand(sweep_file)[1][0]
+    try:
+        config, _ = configurables.build_train_config([os.path.join(sweep.REPO_ROOT, f) for f in run.gin_files],
+                                                     run.gin_params)
+    finally:
+        configurables.clear()
+    state.build_data(config, config.model.n_ctx)
+
+
 def _train(executor_name: str, sweep_file: str, root: str, workers: int | None) -> dict:
     from experiments import sweep_executor, sweep_inprocess
     result = sweep_executor.run_sweep(sweep_file, root, workers=workers,
@@ -157,6 +172,7 @@ def run(previous: dict | None = None, tiny: bool = False) -> dict:
         os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(workdir, "jax_compilation_cache")
         # The runs' MFU peak: this invocation's, per core (the executors then measure none of their own).
         os.environ[mfu.PEAK_ENV] = repr(float(peak) / mfu.process_cores())
+        _warm_data(sweep_file)
         workers = 1 if tiny else None
         inprocess = _train("inprocess", sweep_file, os.path.join(workdir, "inprocess"), workers)
         subproc = _train("subprocess", sweep_file, os.path.join(workdir, "subprocess"), workers)
