@@ -162,6 +162,60 @@ def _child_setup(cores: list[int] | None) -> Callable[[], None]:
     return setup
 
 
+_PEAK_PROGRAM = "from scaling.train import mfu; print(repr(mfu.measure_cpu_peak()))"
+
+
+def measure_slot_peak(cores: list[int] | None, timeout: float = 300.0) -> float | None:
+    """Float32 matmul FLOP/s per core of one core slot: ``scaling.train.mfu.measure_cpu_peak`` in a CPU-only child
+    process pinned to ``cores`` exactly as a worker or run is (None: every core of this process), divided by the
+    slot's core count; None (said on stderr) when the measurement fails."""
+    n_cores = len(cores) if cores else len(available_cores())
+    env = dict(os.environ, JAX_PLATFORMS="cpu")   # the runs' environment (XLA_FLAGS included), on the CPU
+    try:
+        done = subprocess.run([sys.executable, "-c", _PEAK_PROGRAM], cwd=REPO_ROOT, env=env, capture_output=True,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL, preexec_fn=_child_setup(cores))
+        flops = float(done.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        print("[sweep] the matmul peak measurement failed; each run measures its own", file=sys.stderr, flush=True)
+        return None
+    return flops / n_cores if flops > 0 else None
+
+
+@contextlib.contextmanager
+def cpu_peak_for_runs(slots: Sequence[list[int] | None], stream=None, here: bool = False):
+    """The CPU matmul peak of this sweep's runs, measured once, before any of them starts; yields the environment
+    the runs need for it ({} when there is nothing to hand them), also set in os.environ while the block runs.
+
+    A run's MFU peak is that of the cores it may use (scaling/train/mfu.py): per core, the same for every
+    slot of equal size, so one slot is measured (``measure_slot_peak(slots[0])``: the same pinning as its
+    worker, the other cores idle since nothing of the sweep runs yet) and ``mfu.PEAK_ENV`` hands the
+    per-core figure to every run, which multiplies it by its own core count. Without it each run would probe
+    while the others train (peak underestimated, MFU > 1). Nothing is measured when a cached peak for this
+    machine exists (experiments.bench matmul's, which wins in mfu.peak_flops) or the variable is already set
+    (e.g. by an enclosing sweep). ``here``: the runs train in this very process on all its cores (the
+    in-process executor with one worker), so the measurement runs here too (no child's JAX start-up)."""
+    from scaling.train import mfu  # pylint: disable=import-outside-toplevel
+    if mfu.launcher_peak_per_core() is not None or mfu.read_cpu_peak() is not None or not slots:
+        yield {}
+        return
+    started = time.time()
+    if here:
+        per_core = mfu.measure_cpu_peak() / mfu.process_cores()
+    else:
+        per_core = measure_slot_peak(slots[0])
+    if per_core is None:
+        yield {}
+        return
+    print(f"[sweep] matmul peak for MFU: {per_core / 1e9:.1f} GFLOP/s per core (one worker's cores, measured once in "
+          f"{time.time() - started:.1f} s)", file=stream or sys.stderr, flush=True)
+    extra = {mfu.PEAK_ENV: repr(per_core)}
+    os.environ.update(extra)
+    try:
+        yield extra
+    finally:
+        os.environ.pop(mfu.PEAK_ENV, None)
+
+
 def _error_tail(log_path: str, lines: int = 4, limit: int = 600) -> str:
     """The last meaningful lines of a run's output (absl INFO/WARNING noise dropped)."""
     try:
@@ -470,6 +524,14 @@ def _execute(todo: list[SweepRun], root: str, workers: int, launcher, lock_fd, e
         progress.close()
         return outcomes
     slots = core_slots(min(workers, len(todo)))
+    with cpu_peak_for_runs(slots, progress.stream) as peak_env:
+        return _execute_slots(todo, root, slots, launcher, lock_fd, None if env is None else dict(env, **peak_env),
+                              progress)
+
+
+def _execute_slots(todo: list[SweepRun], root: str, slots: list, launcher, lock_fd, env,
+                   progress: SweepProgress) -> list[Outcome]:
+    outcomes: list[Outcome] = []
     free_slots = list(range(len(slots)))
     slot_lock = threading.Lock()
     live: set[subprocess.Popen] = set()

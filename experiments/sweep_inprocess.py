@@ -13,6 +13,9 @@ interpreter, so imports happen once, steps of identical shapes reuse their compi
   each pinned to its share of the cores (which sizes XLA's thread pool) and each training runs back
   to back; the runs are handed out largest first, like the subprocess executor.
 
+The CPU matmul peak the runs' MFU is measured against is measured once, before any run or worker starts
+(experiments.sweep_executor.cpu_peak_for_runs; scaling/train/mfu.py), unless a cached one exists.
+
 Each run's gin is parsed in isolation (cleared before and after; ``scaling.configurables.build_train_config``
 of its own files and bindings), its output goes to ``ROOT/runs/<name>/launcher.log`` and its status to
 ``launcher.json`` (``executor: inprocess``), exactly as with the subprocess executor.
@@ -171,7 +174,8 @@ def _execute_here(todo: list, root: str, progress: sweep_executor.SweepProgress)
         stopping.set()
 
     outcomes = []
-    with sweep_executor.signals_stop_sweep(stop, (signal.SIGTERM,), progress, stopping):
+    with sweep_executor.signals_stop_sweep(stop, (signal.SIGTERM,), progress, stopping), \
+            sweep_executor.cpu_peak_for_runs([None], progress.stream, here=True):
         for run in todo:
             if stopping.is_set():
                 break
@@ -279,7 +283,8 @@ def _execute_pool(todo: list, root: str, workers: int, lock_fd, progress: sweep_
 
     threads = [threading.Thread(target=serve, args=(w,), daemon=True) for w in pool]
     outcomes = []
-    with sweep_executor.signals_stop_sweep(forward, (signal.SIGTERM, signal.SIGINT), progress, stopping):
+    with sweep_executor.signals_stop_sweep(forward, (signal.SIGTERM, signal.SIGINT), progress, stopping), \
+            sweep_executor.cpu_peak_for_runs(slots, progress.stream):   # before any worker starts: they inherit it
         for t in threads:
             t.start()
         running = len(threads)

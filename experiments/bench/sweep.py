@@ -1,11 +1,20 @@
 """Sweep throughput (`python -m experiments.bench sweep`): one fixed sweep trained by both executors.
 
-The sweep is a scaled-down mix of the quick preset (gin/sweeps/kaplan_cpu_quick.gin): three ladder rungs,
-a data-budget run and four batch-scan runs (constant LR, several evals each), the preset's batch, eval
-and checkpoint settings. It is trained twice in this invocation, into two fresh roots, with the
-default worker count: first by the in-process executor (experiments/sweep_inprocess.py; a fresh,
-empty JAX compilation cache, so the figure does not depend on earlier runs), then by the subprocess
-executor (one `python -m experiments.train` per run). Figures:
+The sweep (``SWEEP``) is a scaled-down mix of the main study, gin/sweeps/kaplan_cpu_quick.gin, with its settings:
+books_20m (SentencePiece 1,024, n_ctx 128), Adam with a constant LR after warmup, batch 8 in 4 microbatches,
+logs every 10 steps, an eval every 100 (32,768 held-out tokens in 128-window batches plus the wiki_mini eval)
+and the final 4,096-window loss-per-position eval, checkpoints every 400 steps (keep 1, asynchronous). Runs:
+  ladder      cpu_6k (1,000 steps), cpu_25k (800), cpu_98k (1,000), cpu_221k (800): the mid rungs last >= 30 s
+  data        cpu_25k at D = 65,536 tokens, 600 steps, the preset's data-block evals
+  batch_scan  cpu_25k at B = 4, 16, 64 sequences (half the preset's steps for each B), its scan settings
+Expected time on 2 idle cores (2 workers): about 2-3 minutes per executor, 6-8 minutes for the whole
+section (the matmul peak, both sweeps, the final parameters of every run restored for the comparison).
+The vocabulary and token caches are built (or found) first, untimed. The sweep is then trained twice in this
+invocation, into two fresh roots, with the default worker count: first by the in-process executor
+(experiments/sweep_inprocess.py; a fresh, empty JAX compilation cache, so the figure does not depend on
+earlier runs), then by the subprocess executor (one `python -m experiments.train` per run). Both hand their
+runs the peak measured here (scaling/train/mfu.py PEAK_ENV, per core; a cached peak of this machine still
+wins), so neither measures one of its own. Figures:
 
   sweep_utilisation                 Σ over runs of model FLOPs (models.accounting.mfu_flops_per_token × tokens,
                                     the summaries' flops_per_token_mfu) ÷ (in-process sweep wall time × the
@@ -15,6 +24,8 @@ executor (one `python -m experiments.train` per run). Figures:
   sweep_speedup_vs_subprocess       subprocess wall time ÷ in-process wall time
   sweep_overhead_fraction           share of the in-process executor's wall time outside training steps:
                                     1 − Σ train_time_sec ÷ (wall × workers)
+                                    (evaluation counts as outside: the preset's evals, the final 4,096-window
+                                    one above all, cost a ladder run roughly half as much time as its steps)
   sweep_overhead_fraction_subprocess  the same for the subprocess executor
   sweep_run_overhead_fraction[_subprocess]  1 − Σ train_time_sec ÷ Σ run wall_time_sec (the runs alone)
   sweep_losses_equal                every run's logged training losses, final eval loss and final parameters
@@ -32,25 +43,33 @@ import tempfile
 
 SWEEP = """
 Sweep.name = 'bench_sweep'
-Sweep.base_gin_files = ['gin/data/embedded.gin', 'gin/optim/adam.gin', 'gin/optim/cosine.gin']
+Sweep.base_gin_files = ['gin/data/books_20m.gin', 'gin/optim/adam.gin', 'gin/optim/constant.gin']
 Sweep.base_gin_params = {
-    'TrainConfig.batch_size': 16, 'TrainConfig.num_steps': 150, 'TrainConfig.microbatches': 4,
-    'TrainConfig.log_every': 5, 'TrainConfig.eval_every': 50, 'TrainConfig.checkpoint_every': 100,
-    'TrainConfig.keep_checkpoints': 1, 'DataConfig.eval_tokens': 32768,
+    'TrainConfig.batch_size': 8, 'TrainConfig.num_steps': 800, 'TrainConfig.warmup_steps': 50,
+    'TrainConfig.microbatches': 4, 'TrainConfig.log_every': 10, 'TrainConfig.eval_every': 100,
+    'TrainConfig.checkpoint_every': 400, 'TrainConfig.keep_checkpoints': 1,
+    'DataConfig.eval_tokens': 32768, 'TrainConfig.eval_batch_size': 128, 'DataConfig.position_eval_windows': 4096,
 }
 Sweep.blocks = [
-    {'group': 'ladder', 'models': ['cpu_55k', 'cpu_187k', 'cpu_786k']},
-    {'group': 'data', 'models': ['cpu_55k'], 'grid': {'DataConfig.data_budget_tokens': [65536]}},
-    {'group': 'batch_scan', 'models': ['cpu_12k', 'cpu_55k'], 'gin_files': ['gin/optim/constant.gin'],
-     'params': {'TrainConfig.log_every': 1, 'TrainConfig.microbatches': 2, 'DataConfig.eval_tokens': 16384},
+    {'group': 'ladder', 'models': ['cpu_6k'], 'params': {'TrainConfig.num_steps': 1000}},
+    {'group': 'ladder', 'models': ['cpu_25k']},
+    {'group': 'ladder', 'models': ['cpu_98k'], 'params': {'TrainConfig.num_steps': 1000}},
+    {'group': 'ladder', 'models': ['cpu_221k']},
+    {'group': 'data', 'models': ['cpu_25k'],
+     'params': {'TrainConfig.num_steps': 600, 'DataConfig.eval_tokens': 16384, 'DataConfig.extra_eval_tasks': (),
+                'DataConfig.position_eval_windows': 0},
+     'grid': {'DataConfig.data_budget_tokens': [65536]}},
+    {'group': 'batch_scan', 'models': ['cpu_25k'],
+     'params': {'TrainConfig.log_every': 2, 'TrainConfig.microbatches': 2, 'DataConfig.eval_tokens': 16384,
+                'DataConfig.extra_eval_tasks': (), 'DataConfig.position_eval_windows': 0},
      'grid': {'TrainConfig.batch_size,TrainConfig.num_steps,TrainConfig.eval_every,TrainConfig.warmup_steps': [
-         (4, 184, 23, 8), (16, 88, 11, 2)]}},
+         (4, 850, 85, 50), (16, 425, 42, 12), (64, 212, 21, 3)]}},
 ]
 """
 
 TINY_SWEEP = """
 Sweep.name = 'bench_sweep_tiny'
-Sweep.base_gin_files = ['gin/data/embedded.gin', 'gin/optim/adam.gin', 'gin/optim/cosine.gin']
+Sweep.base_gin_files = ['gin/data/embedded.gin', 'gin/optim/adam.gin', 'gin/optim/constant.gin']
 Sweep.base_gin_params = {
     'TransformerConfig.n_ctx': 32, 'TransformerConfig.d_ff': 64, 'TransformerConfig.n_heads': 2,
     'TrainConfig.batch_size': 8, 'TrainConfig.microbatches': 2, 'TrainConfig.num_steps': 6,
@@ -97,6 +116,20 @@ def _run_record(root: str, name: str) -> dict:
     return {"summary": summary, "losses": losses, "params_sha256": _final_params_sha256(root, name)}
 
 
+def _warm_data(sweep_file: str) -> None:
+    """Builds the sweep's vocabulary and token caches (the corpus and every eval set of its first run, which the
+    others share) before anything is timed: tokenizing is a one-off of the study, not an executor's cost."""
+    from scaling import configurables, sweep
+    from scaling.train import state
+    run = sweep.expand(sweep_file)[1][0]
+    try:
+        config, _ = configurables.build_train_config([os.path.join(sweep.REPO_ROOT, f) for f in run.gin_files],
+                                                     run.gin_params)
+    finally:
+        configurables.clear()
+    state.build_data(config, config.model.n_ctx)
+
+
 def _train(executor_name: str, sweep_file: str, root: str, workers: int | None) -> dict:
     from experiments import sweep_executor, sweep_inprocess
     result = sweep_executor.run_sweep(sweep_file, root, workers=workers,
@@ -122,6 +155,7 @@ def _figures(measured: dict, peak: float) -> dict:
 
 def run(previous: dict | None = None, tiny: bool = False) -> dict:
     from experiments.bench import matmul as bench_matmul
+    from scaling.train import mfu
 
     previous = previous or {}
     peak = previous.get("matmul_peak_flops_this_run") or previous.get("matmul_peak_flops")
@@ -129,16 +163,24 @@ def run(previous: dict | None = None, tiny: bool = False) -> dict:
         peak = bench_matmul.measure_peak(tiny)["matmul_peak_flops"]
     workdir = tempfile.mkdtemp(prefix="bench_sweep-")
     saved_cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    saved_peak = os.environ.get(mfu.PEAK_ENV)
     try:
         sweep_file = os.path.join(workdir, "bench_sweep.gin")
         with open(sweep_file, "w") as f:
             f.write(TINY_SWEEP if tiny else SWEEP)
         # A cold, private compilation cache: the in-process figure does not lean on earlier runs.
         os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(workdir, "jax_compilation_cache")
+        # The runs' MFU peak: this invocation's, per core (the executors then measure none of their own).
+        os.environ[mfu.PEAK_ENV] = repr(float(peak) / mfu.process_cores())
+        _warm_data(sweep_file)
         workers = 1 if tiny else None
         inprocess = _train("inprocess", sweep_file, os.path.join(workdir, "inprocess"), workers)
         subproc = _train("subprocess", sweep_file, os.path.join(workdir, "subprocess"), workers)
     finally:
+        if saved_peak is None:
+            os.environ.pop(mfu.PEAK_ENV, None)
+        else:
+            os.environ[mfu.PEAK_ENV] = saved_peak
         if saved_cache is None:
             os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
         else:
@@ -170,7 +212,6 @@ def run(previous: dict | None = None, tiny: bool = False) -> dict:
         "sweep_model_flops": fast["model_flops"],
         "sweep_peak_flops": float(peak),
     }
-    from scaling.train import mfu
     best = mfu.read_cpu_peak() if not tiny else None
     if best:   # the best peak ever measured on this machine (what the trainer's MFU uses): load only lowers it
         out["sweep_utilisation_vs_best_peak"] = fast["model_flops"] / (fast["wall_s"] * max(best, float(peak)))
