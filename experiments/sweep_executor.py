@@ -444,8 +444,8 @@ def run_sweep(sweep_file: str, root: str, *, workers: int | None = None, cores_p
     Resumable and failure-tolerant (see the module docstring). ``workers`` runs at a time (default:
     cores // cores_per_run); with several workers each run is pinned to its share of the cores, which
     also sizes XLA's and the tokenizer's thread pools, and the runs start largest-first (planned FLOPs)
-    so that no big run is left alone at the end; runs.csv keeps the sweep's order. A single remaining
-    run is not pinned. ``env`` is the runs' environment (default: ours). ``executor(todo, root, workers,
+    so that no big run is left alone at the end; runs.csv keeps the sweep's order. A run keeps its slot's
+    cores also when it is the last one left (losses are bit-identical only at a fixed thread count). ``env`` is the runs' environment (default: ours). ``executor(todo, root, workers,
     lock_fd, progress) -> [Outcome]`` trains the runs instead of the subprocess executor (e.g.
     experiments/sweep_inprocess.py, which trains them in long-lived processes; experiments/sweep_ray.py and
     sweep_slurm.py, which hand them to a cluster). ``preflight(selected runs, root)`` runs under the lock before
@@ -523,7 +523,9 @@ def _execute(todo: list[SweepRun], root: str, workers: int, launcher, lock_fd, e
     if not todo:
         progress.close()
         return outcomes
-    slots = core_slots(min(workers, len(todo)))
+    # The slots of `workers`, as many as there are runs: a run's cores (so its thread count and float rounding)
+    # do not depend on how many other runs remain.
+    slots = core_slots(workers)[:max(1, len(todo))]
     with cpu_peak_for_runs(slots, progress.stream) as peak_env:
         return _execute_slots(todo, root, slots, launcher, lock_fd, None if env is None else dict(env, **peak_env),
                               progress)

@@ -9,6 +9,8 @@ interpreter, so imports happen once, steps of identical shapes reuse their compi
 (``.cache/scaling/jax_compilation_cache``) serves identical programs across processes and sweeps.
 
 - ``workers == 1``: the runs train in this process (the launcher's), on all of its cores.
+- ``workers > 1``: every run is pinned to one worker's share of the cores, also when fewer runs than workers
+  are left (a run's losses are bit-identical only at a fixed thread count).
 - ``workers > 1``: that many worker processes (``python -m experiments.sweep_inprocess --worker``),
   each pinned to its share of the cores (which sizes XLA's thread pool) and each training runs back
   to back; the runs are handed out largest first, like the subprocess executor.
@@ -153,9 +155,10 @@ def execute(todo: list, root: str, workers: int, lock_fd: int | None, progress: 
     if not todo:
         progress.close()
         return []
-    workers = max(1, min(workers, len(todo)))
-    if workers == 1:
+    if workers <= 1:
         return _execute_here(todo, root, progress)
+    # A run gets its slot's cores even when it is the last one left: its thread count, and so its float rounding
+    # (XLA's CPU matmuls split their work by thread), must not depend on what else the sweep still has to do.
     return _execute_pool(todo, root, workers, lock_fd, progress)
 
 
@@ -250,7 +253,7 @@ class _Worker:
 
 
 def _execute_pool(todo: list, root: str, workers: int, lock_fd, progress: sweep_executor.SweepProgress) -> list:
-    slots = sweep_executor.core_slots(workers)
+    slots = sweep_executor.core_slots(workers)[:len(todo)]
     pool = [_Worker(cores, lock_fd) for cores in slots]
     work: queue.Queue = queue.Queue()
     for run in todo:

@@ -135,3 +135,25 @@ def test_inprocess_single_worker_measures_here_once(no_cached_peak, monkeypatch)
     assert calls == [1]
     for summary in _summaries(result):
         assert summary["mfu_peak_flops"] == pytest.approx(6e10) and mfu.PEAK_ENV in summary["mfu_peak_source"]
+
+
+@pytest.mark.parametrize("executor", ["inprocess", "subprocess"])
+def test_a_lone_run_keeps_its_core_slot(no_cached_peak, monkeypatch, executor):
+    """With two workers configured, a sweep with one run left still pins it to one worker's share of the cores:
+    its thread count, hence its float rounding, must not depend on what else remains (on one core and on two,
+    XLA's CPU matmuls round differently). The run's peak is the launcher's per-core figure times the cores it
+    was allowed to use, so it shows the pinning."""
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    if len(sweep_executor.available_cores()) < 2:
+        pytest.skip("needs two cores to pin one run to one of them")
+    measured = []
+    real = sweep_executor.measure_slot_peak
+    monkeypatch.setattr(sweep_executor, "measure_slot_peak", lambda cores: measured.append(real(cores)) or measured[-1])
+    path = no_cached_peak / "lone.gin"
+    path.write_text(SWEEP.replace("[(16, 16), (24, 24)]", "[(16, 16)]"))
+    result = sweep_executor.run_sweep(str(path), str(no_cached_peak / executor), workers=2,
+                                      executor=sweep_inprocess.executor_for(executor))
+    (summary,) = _summaries(result)
+    slot = sweep_executor.core_slots(2)[0]
+    assert len(slot) < len(sweep_executor.available_cores())
+    assert summary["mfu_peak_flops"] == pytest.approx(measured[0] * len(slot), rel=1e-12)
