@@ -125,6 +125,9 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
     progress = metrics_lib.Progress(config.num_steps, start_step, enabled=config.progress_bar if lead else False)
     if start_step:
         progress.write(f"resuming {workdir} from step {start_step}")
+        warning = hooks.cpu_cores_warning(record, run.mesh.devices.flat[0].platform, latest)
+        if warning:
+            progress.write(warning)
 
     evaluator = hooks.Evaluator(run, eval_step, flops_per_token=model_info["flops_per_token"], eval_log=eval_log,
                                 tb=tb, progress=progress, lead=lead, history=history)
