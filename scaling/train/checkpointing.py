@@ -1,6 +1,6 @@
 """Orbax checkpoints of the full training state, for exact resume (possibly on another mesh).
 
-A checkpoint holds the train state pytree (step, params, optimizer state, RNG key data) and a small
+A checkpoint holds the train state pytree (state.TrainState: step, params, optimizer state) and a small
 JSON record (data position = next step of the step-indexed loader, tokens seen, wall time, best eval
 loss, and a checksum of the state). Saves are asynchronous; orbax writes each step to a temporary
 directory and renames it on completion, so a crash mid-save never leaves a half-written checkpoint
@@ -16,6 +16,11 @@ Reliability (tests/reliability/):
 - A checkpoint with non-finite parameters is never written (`NonFiniteStateError`).
 - A failed write (disk full, permissions, ...) raises `CheckpointWriteError` naming the step and the
   last checkpoint that is intact on disk; orbax never touches the older steps on a failed save.
+- Checkpoints of the earlier layout (a dict ``{step, params, opt_state, rng}``; ``rng`` was never used) restore:
+  `Checkpointer.restore` reads them with that layout, checks their checksum and drops ``rng``
+  (tests/train/test_train_state.py).
+
+Workdir ownership and the data identity are workdir.py (its names are re-exported here).
 """
 from __future__ import annotations
 
@@ -23,9 +28,7 @@ import hashlib
 import json
 import os
 import shutil
-import re
 import sys
-import tempfile
 import time
 from typing import Any, Callable
 
@@ -35,6 +38,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from scaling.core import fileio
+# Workdir ownership and data identity live in workdir.py; their names stay importable from here.
+from scaling.train.workdir import (DATA_IDENTITY_KEYS, DATA_IDENTITY_PREFIX, DATA_IDENTITY_STRUCTURAL,  # noqa: F401
+                                   FINGERPRINT_FILE, WorkdirConfigError, WorkdirNotWritableError, check_workdir,
+                                   check_writable, claim_workdir, data_identity, fingerprint, has_outputs,
+                                   local_workdir)
 
 CORRUPT_DIR = "checkpoints.corrupt"
 # Written beside checkpoints/ when no checkpoint restores; while it exists (and still nothing restores)
@@ -108,9 +116,18 @@ def _leaf_sum(x):
     return jnp.sum(bits * (index | jnp.uint32(1)), dtype=jnp.uint32)
 
 
+def _params(state):
+    """The parameters of a TrainState or of a checkpoint in the earlier dict layout."""
+    return state["params"] if isinstance(state, dict) else state.params
+
+
+# The leaf the earlier checkpoint layout had beside step, params and opt_state (never used by training).
+LEGACY_RNG_KEY = "rng"
+
+
 @jax.jit
 def _inspect(state):
-    params_finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(state["params"])
+    params_finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(_params(state))
                                          if jnp.issubdtype(p.dtype, jnp.inexact)] or [True]))
     sums = jnp.stack([_leaf_sum(x) for x in jax.tree.leaves(state)])
     return params_finite, sums
@@ -206,8 +223,10 @@ class Checkpointer:
 
         Raises ValueError if the restored state does not match the checksum recorded at save time.
         """
+        legacy = self._legacy_target(step, abstract_state)
         restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()))
+            state=ocp.args.StandardRestore(abstract_state if legacy is None else legacy),
+            record=ocp.args.JsonRestore()))
         state, record = restored["state"], dict(restored["record"])
         expected = record.get("state_checksum")
         if expected is not None:
@@ -217,7 +236,33 @@ class Checkpointer:
                                  "(the files were changed on disk)")
             if not finite:
                 raise ValueError("the restored parameters contain NaN/Inf")
+        if legacy is not None:  # checked in the layout it was saved in; the unused rng is dropped
+            state = abstract_state.replace(step=state["step"], params=state["params"], opt_state=state["opt_state"])
         return state, record
+
+    def saved_tree(self, step: int) -> Any:
+        """The saved state's tree of array metadata (no array is read): its layout as written."""
+        saved = ocp.StandardCheckpointHandler().metadata(
+            ocp.path.step.build_step_path(self.directory, ocp.path.step.standard_name_format(), step) / "state")
+        return getattr(saved, "tree", saved)
+
+    def _legacy_target(self, step: int, abstract_state: Any) -> dict | None:
+        """The restore target for a checkpoint of the earlier layout (a dict with ``rng``), else None.
+
+        Same step, params and opt_state as ``abstract_state`` (a TrainState of ShapeDtypeStructs with shardings)
+        plus the saved ``rng`` leaf, replicated like the step."""
+        if isinstance(abstract_state, dict) or not hasattr(abstract_state, "replace"):
+            return None
+        try:
+            tree = self.saved_tree(step)
+        except Exception:  # noqa: BLE001  (unreadable metadata: the restore itself reports it)
+            return None
+        if not isinstance(tree, dict) or LEGACY_RNG_KEY not in tree:
+            return None
+        rng = tree[LEGACY_RNG_KEY]
+        return {"step": abstract_state.step, "params": abstract_state.params, "opt_state": abstract_state.opt_state,
+                LEGACY_RNG_KEY: jax.ShapeDtypeStruct(tuple(rng.shape), rng.dtype,
+                                                     sharding=abstract_state.step.sharding)}
 
     def move_aside(self, step: int) -> str:
         """Moves a step's directory to checkpoints.corrupt/ (kept for inspection); returns where."""
@@ -323,192 +368,3 @@ class Checkpointer:
     def close(self) -> None:
         self.wait()
         self.manager.close()
-
-
-# --- workdir ownership ---------------------------------------------------------------------------
-
-FINGERPRINT_FILE = "run_fingerprint.json"
-
-
-class WorkdirConfigError(ValueError):
-    """The workdir holds a run with a different configuration (refused unless overwrite)."""
-
-
-class WorkdirNotWritableError(ValueError):
-    """The workdir (or the directory it would be created in) cannot be written: refused before any setup."""
-
-
-# --- what data a run was trained on ----------------------------------------------------------------
-
-# Fingerprint keys (beside config.fingerprint_fields) naming the data's content, from LMData.manifest:
-# the train and validation corpus hashes (file contents, or TFDS name/split/size) and the vocabulary
-# hash (the SentencePiece model file's sha256, or the byte vocabulary). The DataConfig fields alone
-# name file *patterns*: a shard added to a glob trains a new vocabulary under the same config.
-DATA_IDENTITY_PREFIX = "data_identity."
-DATA_IDENTITY_KEYS = (("corpus_hash_train", "data_identity.corpus_train"),
-                      ("corpus_hash_validation", "data_identity.corpus_validation"),
-                      ("vocab_hash", "data_identity.vocabulary"))
-# A different vocabulary makes the saved embedding rows mean other tokens: refused even with
-# --resume_changed_config (a changed corpus under the same vocabulary is accepted with it).
-DATA_IDENTITY_STRUCTURAL = ("data_identity.vocabulary",)
-
-
-def data_identity(data: Any) -> dict:
-    """{data_identity.<name>: hash} from an LMData's manifest (empty for data without hashes, e.g. tests')."""
-    manifest = getattr(data, "manifest", None) or {}
-    return {key: manifest[name] for name, key in DATA_IDENTITY_KEYS if manifest.get(name) is not None}
-
-
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def local_workdir(path: str, what: str = "workdir") -> str:
-    """The absolute local path of a run directory; a URL (gs://, s3://, ...) is refused.
-
-    The trainer needs POSIX semantics there (atomic os.replace of logs, flock of sweep roots,
-    os.path arithmetic): object storage is not supported. Train into a local or network filesystem
-    (NFS, Filestore, Lustre) and copy the results to the bucket afterwards.
-    """
-    if not isinstance(path, (str, os.PathLike)) or not str(path):
-        raise WorkdirNotWritableError(f"{what} must be a directory path, got {path!r}")
-    path = os.fspath(path)
-    if _URL.match(path):
-        raise WorkdirNotWritableError(
-            f"{what} {path!r} is a URL: object storage (gs://, s3://, ...) is not supported as a {what} (the "
-            f"trainer needs a POSIX filesystem: atomic renames, file locks); use a local or network-mounted "
-            f"directory (NFS, Filestore, Lustre; a bucket mounted with gcsfuse is not enough) and copy the "
-            f"results to the bucket afterwards")
-    return os.path.abspath(os.path.expanduser(path))
-
-
-def check_writable(workdir: str) -> None:
-    """Refuses a workdir that cannot be written (or created), naming the directory, before any setup.
-
-    Probes by creating and removing a file (permission bits say nothing for root, nor for read-only
-    mounts) in the workdir (and its checkpoints/ if present), or in the nearest existing ancestor
-    when the workdir does not exist yet (nothing is created then).
-    """
-    probe = workdir
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    if not os.path.isdir(probe):
-        raise WorkdirNotWritableError(f"cannot create workdir {workdir}: {probe} is not a directory; "
-                                      f"pass another --workdir")
-    targets = [probe] + [p for p in (os.path.join(workdir, "checkpoints"),) if probe == workdir and os.path.isdir(p)]
-    for directory in targets:
-        try:
-            fd, name = tempfile.mkstemp(dir=directory, prefix=".write-test-")
-            os.close(fd)
-            os.remove(name)
-        except OSError as e:
-            where = f"workdir {workdir}" if directory == workdir else (
-                f"{directory} (inside workdir {workdir})" if directory.startswith(workdir) else
-                f"{directory} (where workdir {workdir} would be created)")
-            raise WorkdirNotWritableError(f"cannot write to {where}: {e.strerror or e}; fix its permissions "
-                                          f"or pass another --workdir (nothing was started)") from None
-
-
-def fingerprint(fields: dict) -> str:
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=repr).encode()).hexdigest()
-
-
-def _describe_diff(old: dict, new: dict, limit: int = 8) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    diff = [f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in keys if old.get(k) != new.get(k)]
-    return diff[:limit] + ([f"... and {len(diff) - limit} more"] if len(diff) > limit else [])
-
-
-def has_outputs(workdir: str) -> bool:
-    return os.path.isdir(workdir) and any(not n.startswith("previous-") for n in os.listdir(workdir))
-
-
-def check_workdir(workdir: str, fields: dict, *, overwrite: bool = False,
-                  resume_changed_config: bool = False, structural: tuple = ()) -> None:
-    """Refuses a workdir that belongs to a run with different settings (read-only; call before setup).
-
-    ``fields`` is TrainConfig's fingerprint dict (config.fingerprint_fields). A workdir written before
-    fingerprints existed (outputs but no file) is adopted. ``resume_changed_config`` accepts changed
-    hyperparameters (e.g. a lower learning rate after a NaN) but never structural ones (``structural``
-    key prefixes: model shape, optimizer) that the saved state could not restore into.
-    """
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise WorkdirConfigError(f"workdir {workdir} exists and is not a directory; pass another --workdir")
-    check_writable(workdir)
-    path = os.path.join(workdir, FINGERPRINT_FILE)
-    if overwrite or not os.path.exists(path):
-        return
-    try:
-        with open(path) as f:
-            owner = json.load(f)
-        old = dict(owner["config"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise WorkdirConfigError(f"{path} is unreadable ({e}); it records which configuration owns the "
-                                 f"workdir. Rerun with --overwrite to move the old outputs aside and start "
-                                 f"fresh") from None
-    # The data identity is known only once the data is built (the trainer checks twice: before and after
-    # setup). Before, or for a workdir written before identities were recorded, compare the rest.
-    has_identity = lambda d: any(k.startswith(DATA_IDENTITY_PREFIX) for k in d)  # noqa: E731
-    if not has_identity(fields) or not has_identity(old):
-        old = {k: v for k, v in old.items() if not k.startswith(DATA_IDENTITY_PREFIX)}
-        fields = {k: v for k, v in fields.items() if not k.startswith(DATA_IDENTITY_PREFIX)}
-    if fingerprint(old) == fingerprint(fields):
-        return
-    diff = _describe_diff(old, fields)
-    changed = [k for k in set(old) | set(fields) if old.get(k) != fields.get(k)]
-    structural = tuple(structural) + DATA_IDENTITY_STRUCTURAL
-    blocking = [k for k in changed if k.startswith(structural)] if resume_changed_config else changed
-    if blocking:
-        data_changed = any(k.startswith(DATA_IDENTITY_PREFIX) for k in blocking)
-        cause = ("the corpus files or the vocabulary trained on them changed (e.g. a file added to a glob "
-                 "trains a new vocabulary); " if data_changed else "")
-        hint = cause + ("these settings change the shape of the saved state, so it cannot be resumed; "
-                        if resume_changed_config else
-                        "rerun with --overwrite to move the old outputs aside (kept under previous-<time>/) and "
-                        "start fresh, use --resume_changed_config to resume it with changed hyperparameters, or ")
-        raise WorkdirConfigError(
-            f"workdir {workdir} belongs to a run with a different configuration ({'; '.join(diff)}); "
-            f"refusing to mix two runs in one workdir: {hint}pick another --workdir")
-
-
-def claim_workdir(workdir: str, fields: dict, *, overwrite: bool = False, resume_changed_config: bool = False,
-                  lead: bool = True) -> str | None:
-    """Creates/claims the workdir for this configuration (after setup validated the config).
-
-    With ``overwrite`` the previous outputs are moved into ``workdir/previous-<UTC time>/`` (nothing is
-    deleted) so the run starts fresh; returns that directory (or None). Writes run_fingerprint.json.
-    """
-    os.makedirs(workdir, exist_ok=True)
-    if not lead:
-        return None
-    moved = None
-    if overwrite and has_outputs(workdir):
-        moved = os.path.join(workdir, "previous-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
-        suffix = 0
-        while os.path.exists(moved):
-            suffix += 1
-            moved = f"{moved.rsplit('~', 1)[0]}~{suffix}"
-        os.makedirs(moved)
-        for name in os.listdir(workdir):
-            if not name.startswith("previous-"):
-                shutil.move(os.path.join(workdir, name), os.path.join(moved, name))
-        print(f"--overwrite: moved the previous outputs of {workdir} to {moved}", file=sys.stderr, flush=True)
-    path = os.path.join(workdir, FINGERPRINT_FILE)
-    record = {"fingerprint": fingerprint(fields), "config": fields}
-    if os.path.exists(path) and not moved:
-        try:
-            with open(path) as f:
-                previous = json.load(f)
-        except (OSError, ValueError):
-            previous = {}
-        if previous.get("fingerprint") == record["fingerprint"]:
-            return moved
-        if resume_changed_config:  # keep the history of accepted changes
-            record["history"] = previous.get("history", []) + [
-                {"fingerprint": previous.get("fingerprint"), "config": previous.get("config"),
-                 "replaced_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]
-
-    fileio.write_json_atomic(path, record)
-    return moved

@@ -1,5 +1,6 @@
-"""Set-up of a run (TrainSetup: data, model, mesh, shardings, optimizer, abstract state) and the AOT compile
-of its steps; checkpoint_params_sha256 restores a run's final state (a test aid, off the training path).
+"""The train state (TrainState), the set-up of a run (TrainSetup: data, model, mesh, shardings, optimizer, abstract
+state) and the AOT compile of its steps; checkpoint_params_sha256 restores a run's final state (a test aid, off
+the training path).
 
 The process's compiled-step cache (``_COMPILED``) lives here: the runs of a sweep trained in one process
 (experiments/sweep_inprocess.py) that share a program reuse its jitted init and compiled executables.
@@ -13,6 +14,7 @@ import time
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
@@ -24,6 +26,17 @@ from scaling.train import checkpointing, distributed, optimizers, partitioning
 from scaling.train import eval as eval_lib, losses
 from scaling.train.config import TrainConfig
 from scaling.train.step import make_train_step
+
+
+@flax.struct.dataclass
+class TrainState:
+    """What a step updates and a checkpoint holds: the optimizer step count (int32 scalar), the parameters and
+    the optimizer state. A JAX pytree (its shardings are a TrainState of NamedShardings). Checkpoints written
+    before it (a dict that also held an unused ``rng``) still restore: checkpointing.py maps them."""
+
+    step: Any
+    params: Any
+    opt_state: Any
 
 
 def configure_jax() -> None:
@@ -162,16 +175,17 @@ def setup(config: TrainConfig, *, data=None, devices: Sequence[jax.Device] | Non
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     opt_specs = partitioning.opt_state_specs(abstract_opt, specs, abstract_params,
                                              config.adafactor_min_dim_to_factor)
-    state_specs = {"step": P(), "params": specs, "opt_state": opt_specs, "rng": P()}
+    state_specs = TrainState(step=P(), params=specs, opt_state=opt_specs)
     state_shardings = partitioning.to_shardings(state_specs, mesh)
 
 
     def init_state(seed: int):
         key = jax.random.key(seed)
-        init_key, rng = jax.random.split(key)
+        # Split as before the state lost its unused ``rng`` half: the same init key, so the same parameters
+        # (the committed reference results reproduce).
+        init_key, _ = jax.random.split(key)
         params = nn.unbox(model.init(init_key, tokens))["params"]
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-                "rng": jax.random.key_data(rng)}
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
     abstract_state = jax.eval_shape(init_state, config.seed)
@@ -232,14 +246,14 @@ def _compile_steps(run: TrainSetup, with_eval: bool = True):
         donate_argnums=0)
     eval_step = jax.jit(
         eval_lib.make_eval_step(apply_fn, config.loss_chunk_length),
-        in_shardings=(run.state_shardings["params"], run.batch_sharding, rows_sharding),
+        in_shardings=(run.state_shardings.params, run.batch_sharding, rows_sharding),
         out_shardings=(replicated, replicated))
     window = lambda rows: jax.ShapeDtypeStruct((rows, n_ctx + 1), jnp.int32)
     start = time.perf_counter()
     with partitioning.model_context(run.mesh, run.rules):
         train_compiled = train_step.lower(run.abstract_state, window(config.batch_size)).compile()
         eval_rows = config.resolved_eval_batch_size
-        eval_compiled = eval_step.lower(run.abstract_state["params"], window(eval_rows),
+        eval_compiled = eval_step.lower(run.abstract_state.params, window(eval_rows),
                                         jax.ShapeDtypeStruct((eval_rows,), jnp.float32)).compile() if with_eval else None
     return train_compiled, eval_compiled, time.perf_counter() - start
 
@@ -256,4 +270,4 @@ def checkpoint_params_sha256(config: TrainConfig, workdir: str, *, data=None,
         step, state, _ = ckpt.restore_latest_good(target)
     finally:
         ckpt.close()
-    return step, checkpointing.params_sha256(state["params"])
+    return step, checkpointing.params_sha256(state.params)

@@ -73,7 +73,7 @@ def make_grad_fn(apply_fn: Callable, microbatches: int, noise_scale: bool = True
 def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, schedule: Callable,
                     microbatches: int, noise_scale: bool = True, skip_nonfinite: bool = False,
                     loss_chunk_length: int = 0) -> Callable:
-    """state, windows -> new state, metrics. state = {step, params, opt_state, rng}.
+    """state, windows -> new state, metrics. state: a state.TrainState (step, params, opt_state).
 
 
     ``skip_nonfinite`` (TrainConfig.nonfinite='skip'): if the loss or gradient norm is NaN/Inf the
@@ -84,17 +84,17 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, schedu
 
 
     def train_step(state, windows):
-        loss, grads, extra = grads_fn(state["params"], windows)
+        loss, grads, extra = grads_fn(state.params, windows)
         grad_norm = optax.global_norm(grads)  # before clipping
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        step_metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]), **extra}
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        step_metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step), **extra}
         if skip_nonfinite:
             finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
             keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-            params, opt_state = keep(params, state["params"]), keep(opt_state, state["opt_state"])
+            params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
             step_metrics["skipped"] = 1 - finite.astype(jnp.int32)
-        new_state = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, step_metrics
 
 

@@ -282,6 +282,6 @@ def test_checkpoint_from_8_devices_restores_bit_identically_on_1_and_another_mes
         ckpt.close()
         assert step == 6 and record["data_step"] == 6
         assert all(len(leaf.sharding.device_set) == (1 if devices else 8) for leaf in jax.tree.leaves(state))
-        checksums[name] = (checkpointing.inspect_state(state)[1], checkpointing.params_sha256(state["params"]))
+        checksums[name] = (checkpointing.inspect_state(state)[1], checkpointing.params_sha256(state.params))
         assert checksums[name][0] == record["state_checksum"]
     assert len(set(checksums.values())) == 1, checksums

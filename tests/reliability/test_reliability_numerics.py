@@ -93,7 +93,7 @@ def test_nan_stops_then_skip_policy_resumes_and_skips(data, tmp_path, capsys):
 def test_never_writes_a_nan_checkpoint(data, tmp_path):
     run = trainer.setup(config(), data=data, devices=jax.devices()[:1])
     state = run.init_state()
-    state["params"] = jax.tree.map(lambda p: p.at[...].set(jnp.nan) if p.ndim == 2 else p, state["params"])
+    state = state.replace(params=jax.tree.map(lambda p: p.at[...].set(jnp.nan) if p.ndim == 2 else p, state.params))
     ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"))
     with pytest.raises(checkpointing.NonFiniteStateError, match="NaN/Inf"):
         ckpt.save(3, state, {"data_step": 3})

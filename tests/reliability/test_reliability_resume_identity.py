@@ -25,7 +25,7 @@ sys.path.insert(0, HERE)
 import reliability_child as child  # noqa: E402
 
 from data.pipeline import DataConfig  # noqa: E402
-from scaling.train import checkpointing, trainer  # noqa: E402
+from scaling.train import checkpointing, trainer, workdir as workdir_lib  # noqa: E402
 
 ONE = None
 
@@ -159,7 +159,7 @@ def test_unwritable_workdir_is_refused_before_setup(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(checkpointing.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(workdir_lib.tempfile, "mkstemp", denied)
     monkeypatch.setattr(trainer, "setup", lambda *a, **k: pytest.fail("setup ran before the writability check"))
     existing = tmp_path / "ro"
     existing.mkdir()

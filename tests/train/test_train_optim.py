@@ -27,7 +27,7 @@ def test_grad_accumulation_matches_one_large_batch(synthetic_data):
             batch = partitioning.global_batch(data.train.batch(step), run.batch_sharding, 16)
             state, m = step_fn(state, batch)
             history.append({key: float(v) for key, v in m.items()})
-        results[k] = (history, jax.tree.map(np.asarray, state["params"]))
+        results[k] = (history, jax.tree.map(np.asarray, state.params))
     (h1, p1), (h4, p4) = results[1], results[4]
     np.testing.assert_allclose([h["loss"] for h in h4], [h["loss"] for h in h1], rtol=1e-5)
     np.testing.assert_allclose([h["grad_norm"] for h in h4], [h["grad_norm"] for h in h1], rtol=1e-4)

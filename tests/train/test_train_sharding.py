@@ -52,8 +52,8 @@ def test_sharded_losses_match_single_device(optimizer, synthetic_data):
         # first updates are ~lr·sign(g), so a gradient entry at rounding level may flip: compare norms.)
         # The key bias is skipped: softmax ignores it, its true gradient is 0 and Adafactor/Adam turn the
         # rounding noise there into lr-sized random steps.
-        for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(state["params"])[0],
-                                jax.tree.leaves(ref_state["params"])):
+        for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(state.params)[0],
+                                jax.tree.leaves(ref_state.params)):
             if "qkv" in jax.tree_util.keystr(path) and "bias" in jax.tree_util.keystr(path):
                 continue
             a, b = np.asarray(a), np.asarray(b)
@@ -65,11 +65,11 @@ def test_adafactor_factored_state_shardings(synthetic_data):
     cfg = dataclasses.replace(config("adafactor", MeshConfig(data=2, fsdp=2, tensor=2)),
                               adafactor_min_dim_to_factor=8)
     _, state, run = run_steps(cfg, data, jax.devices(), steps=1)
-    factored = [s for s in jax.tree.leaves(state["opt_state"], is_leaf=lambda x: isinstance(x, optax.FactoredState))
+    factored = [s for s in jax.tree.leaves(state.opt_state, is_leaf=lambda x: isinstance(x, optax.FactoredState))
                 if isinstance(s, optax.FactoredState)]
     assert len(factored) == 1
     fs = factored[0]
-    wi = state["params"]["h_0"]["mlp"]["wi"]["kernel"]       # [embed=32, mlp=64]: P('fsdp', 'tensor')
+    wi = state.params["h_0"]["mlp"]["wi"]["kernel"]       # [embed=32, mlp=64]: P('fsdp', 'tensor')
     assert wi.sharding.spec == P("fsdp", "tensor")
     # optax factors over the two largest dims: v_row drops the largest (mlp), v_col the second (embed).
     v_row = fs.v_row["h_0"]["mlp"]["wi"]["kernel"]
@@ -97,10 +97,10 @@ def test_adam_state_is_sharded_like_params(synthetic_data):
     data = synthetic_data(vocab_size=64, n_ctx=32, batch_size=16)
     run = trainer.setup(config("adam", MeshConfig(data=1, fsdp=8, tensor=1)), data=data)
     specs = run.state_shardings
-    mu = specs["opt_state"][1].mu
-    for p_sharding, m_sharding in zip(jax.tree.leaves(specs["params"]), jax.tree.leaves(mu)):
+    mu = specs.opt_state[1].mu
+    for p_sharding, m_sharding in zip(jax.tree.leaves(specs.params), jax.tree.leaves(mu)):
         assert p_sharding.spec == m_sharding.spec
-    assert specs["params"]["embedder"]["wte"]["embedding"].spec == P("tensor", "fsdp")  # (vocab, embed)
+    assert specs.params["embedder"]["wte"]["embedding"].spec == P("tensor", "fsdp")  # (vocab, embed)
 
 
 def test_mesh_errors_are_clear(synthetic_data):
