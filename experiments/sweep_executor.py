@@ -20,8 +20,8 @@ The plan (file format, expansion, names, runs.csv) is scaling/sweep.py; this mod
 so it lives with them. Python API (experiments.sweep, experiments.reproduce): ``run_sweep(sweep_file, root,
 only=..., exclude=...)`` -> SweepResult; ``RootLock``; ``train_command`` / ``shell_command``.
 
-Size (~450 lines): one responsibility (running the runs: lock, pool, pinning, progress, signals); the
-pieces share the launch state and are only used together.
+Size (~600 lines): one responsibility (running the runs: lock, pool, pinning and the per-core MFU peak,
+progress, signals); the pieces share the launch state and are only used together.
 """
 from __future__ import annotations
 
