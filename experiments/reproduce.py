@@ -207,18 +207,17 @@ def write_prediction(root: str, runs, n_boot: int) -> dict | None:
     return record
 
 
-def _predict(root: str, sweep_file: str, n_boot: int) -> None:
-    from scaling import sweep
+def _predict(root: str, runs, n_boot: int) -> None:
     logging.set_verbosity(logging.WARNING)
-    write_prediction(root, sweep.expand(sweep_file)[1], n_boot)
+    write_prediction(root, runs, n_boot)
 
 
-def predict_in_child(root: str, sweep_file: str, n_boot: int) -> bool:
+def predict_in_child(root: str, runs, n_boot: int) -> bool:
     """`write_prediction` in a fresh interpreter (multiprocessing's spawn): its fits start JAX's thread pools,
     and this process goes on to fork the sweep's workers (a fork of a multithreaded process can deadlock in
     the child before its exec). True when the child exited cleanly."""
     import multiprocessing
-    child = multiprocessing.get_context("spawn").Process(target=_predict, args=(root, sweep_file, n_boot))
+    child = multiprocessing.get_context("spawn").Process(target=_predict, args=(root, runs, n_boot))
     child.start()
     child.join()
     if child.exitcode:
@@ -259,7 +258,7 @@ def main(argv):
         log("2/5 noise scale and B_crit")
         ok &= run_stage("noise", ["experiments.noise_scale", f"--root={root}"])
         log("3/5 predict the held-out rung")
-        predict_in_child(root, sweep_file, BOOTSTRAP.value)
+        predict_in_child(root, runs, BOOTSTRAP.value)
         if later_groups:
             log(f"4/5 sweep: groups {', '.join(later_groups)} (the held-out rung among them, largest first)")
             ok &= sweep_executor.run_sweep(sweep_file, root, workers=WORKERS.value, only=later_groups,

@@ -9,11 +9,10 @@ interpreter, so imports happen once, steps of identical shapes reuse their compi
 (``.cache/scaling/jax_compilation_cache``) serves identical programs across processes and sweeps.
 
 - ``workers == 1``: the runs train in this process (the launcher's), on all of its cores.
-- ``workers > 1``: every run is pinned to one worker's share of the cores, also when fewer runs than workers
-  are left (a run's losses are bit-identical only at a fixed thread count).
 - ``workers > 1``: that many worker processes (``python -m experiments.sweep_inprocess --worker``),
   each pinned to its share of the cores (which sizes XLA's thread pool) and each training runs back
-  to back; the runs are handed out largest first, like the subprocess executor.
+  to back; the runs are handed out largest first, like the subprocess executor. A run keeps its worker's
+  share also when fewer runs than workers are left (its losses are bit-identical only at a fixed thread count).
 
 The CPU matmul peak the runs' MFU is measured against is measured once, before any run or worker starts
 (experiments.sweep_executor.cpu_peak_for_runs; scaling/train/mfu.py), unless a cached one exists.

@@ -147,8 +147,8 @@ def fit_separable(curves: Sequence[Curve], *, b_crit: Callable | None = None, st
     l_inf, sse, r_all = packed.profile(log_sc, alpha)
     l_inf = [float(v) for v in l_inf]
     resid = [r_all[packed.run == i] for i in range(packed.n_runs)]
-    log_l = np.log(np.concatenate(l_list))
-    log_hat = np.log(np.concatenate(l_list) * (1.0 + r_all))
+    log_l = np.log(packed.loss)
+    log_hat = np.log(packed.loss * (1.0 + r_all))
     ss_tot = float(np.sum((log_l - log_l.mean()) ** 2))
     r2 = 1.0 - float(np.sum((log_l - log_hat) ** 2)) / ss_tot if ss_tot > 0 else float("nan")
     return SeparableFit(s_c=math.exp(log_sc), alpha_s=alpha, l_inf=dict(zip(names, l_inf)),
