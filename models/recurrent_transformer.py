@@ -11,7 +11,7 @@ import dataclasses
 import flax.linen as nn
 
 from models import axes
-from models.transformer import Embedder, TransformerConfig, check_tokens, layer_norm, remat_block
+from models.transformer import Embedder, TransformerConfig, check_tokens, dropout, layer_norm, remat_block
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,11 +49,12 @@ class RecurrentTransformer(nn.Module):
         cfg = self.config
         check_tokens(tokens, cfg.n_ctx)
         embedder = Embedder(cfg, name="embedder")
-        x = embedder.embed(tokens)
+        x = dropout(self, embedder.embed(tokens), cfg.dropout_rate)
         if cfg.scan_layers:
             # One compiled body whatever n_recurrence; the stack's parameters are broadcast (shared)
             # across the scan steps rather than stacked.
-            stack = nn.scan(SharedStack, variable_broadcast="params", split_rngs={"params": False},
+            stack = nn.scan(SharedStack, variable_broadcast="params",
+                            split_rngs={"params": False, "dropout": True},
                             length=cfg.n_recurrence)(cfg, name="stack")
             x, _ = stack(x, None)
         else:

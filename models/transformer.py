@@ -63,6 +63,10 @@ class TransformerConfig:
     attention_impl: str | None = None  # one of ATTENTION_IMPLS (the CPU ladder uses "heads_major")
     init_std: float = 0.02        # GPT-2 initialiser
     layer_norm_epsilon: float = 1e-5
+    # Dropout on the embeddings and on each residual branch's output (GPT-2's embd/resid dropout); Kaplan
+    # §4 trains the L(N, D) runs with 10 %. Active only when the caller passes a 'dropout' rng (the train
+    # step does; evaluation does not); at 0 no dropout op is traced at all.
+    dropout_rate: float = 0.0
 
     family = "transformer"
 
@@ -76,6 +80,8 @@ class TransformerConfig:
                 f"TransformerConfig.d_attn={self.d_attn} must be divisible by n_heads={self.n_heads}")
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(f"TransformerConfig.attention_impl={self.attention_impl!r}; choose one of {ATTENTION_IMPLS}")
+        if not (isinstance(self.dropout_rate, (int, float)) and 0 <= self.dropout_rate < 1):
+            raise ValueError(f"TransformerConfig.dropout_rate must be in [0, 1), got {self.dropout_rate!r}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"TransformerConfig.remat_policy={self.remat_policy!r}; "
                              f"choose one of {sorted(REMAT_POLICIES)}")
@@ -145,6 +151,13 @@ def _gelu_bwd(x, grad):
 
 
 gelu_tanh.defvjp(_gelu_fwd, _gelu_bwd)
+
+
+def dropout(module: nn.Module, x, rate: float):
+    """Inverted dropout of ``x`` at ``rate`` when the caller passed a 'dropout' rng (training), else x."""
+    if rate == 0 or not module.has_rng("dropout"):
+        return x
+    return nn.Dropout(rate, deterministic=False)(x)
 
 
 class LayerNorm(nn.Module):
@@ -280,8 +293,9 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x, _=None):
-        x = x + CausalSelfAttention(self.config, name="attn")(layer_norm(self.config, "ln_1")(x))
-        x = x + MLP(self.config, name="mlp")(layer_norm(self.config, "ln_2")(x))
+        cfg = self.config
+        x = x + dropout(self, CausalSelfAttention(cfg, name="attn")(layer_norm(cfg, "ln_1")(x)), cfg.dropout_rate)
+        x = x + dropout(self, MLP(cfg, name="mlp")(layer_norm(cfg, "ln_2")(x)), cfg.dropout_rate)
         x = nn.with_logical_constraint(x, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
         # The (carry, output) signature lets the same block run under nn.scan.
         return x, None
@@ -341,7 +355,7 @@ def apply_layers(x, config: TransformerConfig, n_layers: int, block_cls=Block, n
         scanned = nn.scan(
             block,
             variable_axes={"params": 0},
-            split_rngs={"params": True},
+            split_rngs={"params": True, "dropout": True},   # each layer its own dropout mask
             length=n_layers,
             metadata_params={nn.PARTITION_NAME: axes.LAYERS},
         )
@@ -368,7 +382,7 @@ class Transformer(nn.Module):
         cfg = self.config
         check_tokens(tokens, cfg.n_ctx)
         embedder = Embedder(cfg, name="embedder")
-        x = embedder.embed(tokens)
+        x = dropout(self, embedder.embed(tokens), cfg.dropout_rate)
         x = apply_layers(x, cfg, cfg.n_layer)
         x = layer_norm(cfg, "ln_f")(x)
         if features_only:  # the loss forms the logits itself (module docstring)

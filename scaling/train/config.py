@@ -208,8 +208,14 @@ def _flatten(prefix: str, value: Any, out: dict) -> None:
         out[prefix[:-1]] = repr(value)
 
 
+# Fields added after workdirs began recording fingerprints, with the value every earlier run had: left out of
+# the fingerprint at that value, so an older workdir still matches its own configuration.
+FINGERPRINT_OMITTED_AT_DEFAULT = {"model.dropout_rate": 0.0}
+
+
 def fingerprint_fields(config: TrainConfig, data_config: Any = None) -> dict:
-    """The run-defining settings as a flat {dotted.name: value} dict (FINGERPRINT_EXCLUDED left out)."""
+    """The run-defining settings as a flat {dotted.name: value} dict (FINGERPRINT_EXCLUDED left out, and the
+    FINGERPRINT_OMITTED_AT_DEFAULT fields at their default)."""
     flat: dict = {}
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
@@ -217,4 +223,5 @@ def fingerprint_fields(config: TrainConfig, data_config: Any = None) -> dict:
             value = data_config
         _flatten(f"{field.name}.", value, flat)
     return {k: v for k, v in sorted(flat.items())
-            if k not in FINGERPRINT_EXCLUDED and not any(k.startswith(f"{x}.") for x in FINGERPRINT_EXCLUDED)}
+            if k not in FINGERPRINT_EXCLUDED and not any(k.startswith(f"{x}.") for x in FINGERPRINT_EXCLUDED)
+            and not (k in FINGERPRINT_OMITTED_AT_DEFAULT and v == FINGERPRINT_OMITTED_AT_DEFAULT[k])}

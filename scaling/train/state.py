@@ -214,7 +214,8 @@ def compile_steps(run: TrainSetup, with_eval: bool = True, cache: bool = False):
     start = time.perf_counter()
     mesh_key = _mesh_key(run.mesh, run.rules)
     model_key = repr(run.model_config)
-    train_key = ("train", model_key, _optimizer_key(run.config), run.learning_rate, run.warmup_steps, mesh_key)
+    train_key = ("train", model_key, _optimizer_key(run.config), run.learning_rate, run.warmup_steps, mesh_key,
+                 _dropout_seed(run))  # with dropout the seed enters the step (its masks)
     eval_key = ("eval", model_key, run.config.resolved_eval_batch_size, run.config.loss_chunk_length, mesh_key)
     hit = train_key in _COMPILED and (not with_eval or eval_key in _COMPILED)
     if not hit:
@@ -225,6 +226,11 @@ def compile_steps(run: TrainSetup, with_eval: bool = True, cache: bool = False):
     train_compiled = _cached(train_key, lambda: None)
     eval_compiled = _cached(eval_key, lambda: None) if with_eval else None
     return train_compiled, eval_compiled, time.perf_counter() - start
+
+
+def _dropout_seed(run: TrainSetup) -> int | None:
+    """The seed of the dropout masks when the model has dropout (a family without the field has none)."""
+    return run.config.seed if getattr(run.model_config, "dropout_rate", 0) else None
 
 
 def _compile_steps(run: TrainSetup, with_eval: bool = True):
@@ -240,7 +246,8 @@ def _compile_steps(run: TrainSetup, with_eval: bool = True):
     rows_sharding = NamedSharding(run.mesh, P(run.batch_sharding.spec[0]))
     train_step = jax.jit(
         make_train_step(apply_fn, run.tx, run.schedule, config.microbatches, config.noise_scale,
-                        skip_nonfinite=config.nonfinite == "skip", loss_chunk_length=config.loss_chunk_length),
+                        skip_nonfinite=config.nonfinite == "skip", loss_chunk_length=config.loss_chunk_length,
+                        dropout_seed=_dropout_seed(run)),
         in_shardings=(run.state_shardings, run.batch_sharding),
         out_shardings=(run.state_shardings, replicated),
         donate_argnums=0)

@@ -27,21 +27,41 @@ class NonFiniteLossError(FloatingPointError):
                          f"--resume_changed_config to resume from it, or set TrainConfig.nonfinite = 'skip'.")
 
 
+# Batch keys of a training batch with dropout: the windows and one PRNG key per row (dropout_batch).
+WINDOWS, DROPOUT_KEYS = "windows", "dropout_keys"
+
+
+def dropout_batch(windows, seed: int, step):
+    """{windows, one dropout key per row}: the keys are a pure function of (seed, step), so a resumed run draws
+    the masks of an uninterrupted one. Rows carry keys (not the batch one key) so that the microbatch split
+    (strided, like the rows) gives every microbatch, and every data shard, its own: each uses its first row's."""
+    step_key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), _DROPOUT_STREAM), step)
+    return {WINDOWS: windows, DROPOUT_KEYS: jax.random.split(step_key, windows.shape[0])}
+
+
+_DROPOUT_STREAM = 0x64726f70  # "drop": keeps the masks' stream apart from the init key of the same seed
+
+
 def make_loss_fn(apply_fn: Callable, loss_chunk_length: int = 0) -> Callable:
-    """(params, windows [B, n_ctx+1]) -> mean next-token cross-entropy (float32 nats).
+    """(params, windows [B, n_ctx+1] or dropout_batch(...)) -> mean next-token cross-entropy (float32 nats).
 
 
     ``loss_chunk_length`` > 0 forms the logits slice by slice from the model's features and
-    unembedding matrix (losses.chunked_cross_entropy) instead of all at once.
+    unembedding matrix (losses.chunked_cross_entropy) instead of all at once. A dropout_batch applies the
+    model with its first row's key as the 'dropout' rng (training); plain windows apply it deterministically.
     """
 
 
-    def loss_fn(params, windows):
+    def loss_fn(params, batch):
+        if isinstance(batch, dict):
+            windows, kwargs = batch[WINDOWS], {"rngs": {"dropout": batch[DROPOUT_KEYS][0]}}
+        else:
+            windows, kwargs = batch, {}
         inputs, targets = windows[:, :-1], windows[:, 1:]
         if loss_chunk_length:
-            features, unembedding = apply_fn(params, inputs, features_only=True)
+            features, unembedding = apply_fn(params, inputs, features_only=True, **kwargs)
             return losses.chunked_cross_entropy(features, unembedding, targets, loss_chunk_length)
-        return losses.cross_entropy(apply_fn(params, inputs), targets)
+        return losses.cross_entropy(apply_fn(params, inputs, **kwargs), targets)
 
 
     return loss_fn
@@ -72,8 +92,11 @@ def make_grad_fn(apply_fn: Callable, microbatches: int, noise_scale: bool = True
 
 def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, schedule: Callable,
                     microbatches: int, noise_scale: bool = True, skip_nonfinite: bool = False,
-                    loss_chunk_length: int = 0) -> Callable:
+                    loss_chunk_length: int = 0, dropout_seed: int | None = None) -> Callable:
     """state, windows -> new state, metrics. state: a state.TrainState (step, params, opt_state).
+
+    ``dropout_seed`` (set when the model has dropout): the step's forward passes draw their dropout masks
+    from (dropout_seed, state.step) (dropout_batch); None applies the model deterministically.
 
 
     ``skip_nonfinite`` (TrainConfig.nonfinite='skip'): if the loss or gradient norm is NaN/Inf the
@@ -84,7 +107,8 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, schedu
 
 
     def train_step(state, windows):
-        loss, grads, extra = grads_fn(state.params, windows)
+        batch = windows if dropout_seed is None else dropout_batch(windows, dropout_seed, state.step)
+        loss, grads, extra = grads_fn(state.params, batch)
         grad_norm = optax.global_norm(grads)  # before clipping
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
