@@ -105,13 +105,18 @@ def test_b_crit_targets_are_bracketed_and_follow_eq_5_3():
     assert "B_simple at the same loss is a median" in report_section("Critical batch size")
 
 
-def test_l_of_n_and_d_from_a_three_by_four_grid():
+def test_l_of_n_and_d_from_a_three_by_four_grid_of_early_stopped_runs():
     data = rows("data")
     sizes = {r["n_params_nonembedding"] for r in data}
     budgets = {r["data_budget_tokens"] for r in data}
     assert len(sizes) >= 3 and len(budgets) >= 4 and len(data) == len(sizes) * len(budgets)
     assert fit("kaplan_nd")["quality"]["r2_log"] >= 0.98
     assert fit("kaplan_d")["n_points"] >= 4
+    # Every run is early-stopped (10 % dropout, steps past the minimum): L(D) is a clean power law, no flag.
+    ld = fit("kaplan_d")
+    assert ld["quality"]["r2_log"] >= 0.98 and ld["notes"] == []   # no quality flag in the report
+    assert all(float(r["best_eval_step"]) < float(r["steps"]) for r in data
+               if float(r["n_params_nonembedding"]) == max(float(x) for x in sizes))
 
 
 def test_lstm_and_recurrent_sections_are_filled():

@@ -1,6 +1,6 @@
 """The committed full study (experiments/results/kaplan_cpu_full/, `reproduce --preset=full`): what it was designed
-to show, read from its files. Goals it does not meet (alpha_N CI hi/lo <= 1.3, the eq 1.5 fit) are pinned as what
-the report must then say, so a regression in either direction is visible."""
+to show, read from its files. The goal it does not meet (alpha_N CI hi/lo <= 1.3) is pinned as what the report must
+then say (the bend and the floor that explains it), so a regression in either direction is visible."""
 import csv
 import json
 import math
@@ -54,13 +54,24 @@ def test_prediction_frontier_bcrit_and_per_position():
     assert all(v["r2"] >= 0.9 for v in fit("per_position")["params"].values())
 
 
-def test_sections_filled_and_the_one_that_is_not_says_why():
+def test_every_section_filled():
     text = report()
-    for title in ("L(N)", "L(D)", "LSTM", "Recurrent", "Loss per token position", "Generalisation"):
+    for title in ("L(N)", "L(D)", "L(N, D)", "LSTM", "Recurrent", "Loss per token position", "Generalisation"):
         start = text.index(f"\n## {title}")
         body = text[start:text.find("\n## ", start + 4)]
         assert "Not measured in this sweep" not in body, title
     assert fit("transfer_wiki")["params"]["n"] >= 10
-    lnd = text[text.index("\n## L(N, D)"):]
-    lnd = lnd[:lnd.find("\n## ", 4)]
-    assert "kaplan_nd.json" in os.listdir(os.path.join(RESULTS, "fits")) or "Not measured in this sweep: the fit failed" in lnd
+
+
+def test_data_group_gives_eq_1_5_and_l_of_d():
+    """4 sizes x 5 budgets with 10 % dropout, each run past its early-stopping minimum or converged: eq 1.5 fits
+    (on the 4 x 4 grid at 1,200 steps per budget it did not: the largest budgets were step-limited)."""
+    data = rows("data")
+    sizes = {r["n_params_nonembedding"] for r in data}
+    budgets = {r["data_budget_tokens"] for r in data}
+    assert len(sizes) >= 4 and len(budgets) >= 5 and len(data) == len(sizes) * len(budgets)
+    nd = fit("kaplan_nd")
+    assert nd["quality"]["r2_log"] >= 0.98 and nd["n_points"] == len(data)
+    assert 0 < nd["params"]["alpha_N"] and 0 < nd["params"]["alpha_D"]
+    ld = fit("kaplan_d")
+    assert ld["n_points"] >= 5 and ld["quality"]["r2_log"] >= 0.98
