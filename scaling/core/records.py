@@ -36,6 +36,7 @@ SUMMARY_FIELDS: dict[str, str] = {
     "flops_convention": "the convention of flops_per_token ('kaplan')",
     # the run
     "steps": "optimizer steps", "tokens": "training tokens = steps × batch_tokens",
+    "early_stopped": "true when TrainConfig.early_stopping_patience ended the run before num_steps",
     "batch_size": "sequences per step", "batch_tokens": "tokens per step", "microbatches": "K of the step",
     "b_simple": "B_simple at the end (tokens; None without the noise estimator)",
     "b_simple_sequences": "B_simple in sequences", "noise_scale_skip_steps": "steps before the EMA starts",
@@ -84,7 +85,9 @@ def is_finished(summary: Mapping[str, Any] | None, num_steps: int | None = None)
     if summary.get("status", "finished") != "finished":
         return False
     steps = summary.get("steps")
-    if num_steps is not None and not (isinstance(steps, (int, float)) and steps >= num_steps):
+    # An early-stopped run is finished whatever num_steps asks: it stopped because its eval loss stopped improving.
+    if num_steps is not None and not summary.get("early_stopped") and not (
+            isinstance(steps, (int, float)) and steps >= num_steps):
         return False
     return summary.get("final_eval_loss") is not None
 

@@ -75,6 +75,10 @@ class TrainConfig:
     extra_eval_final_only: bool = False  # the extra evals (DataConfig.extra_eval_tasks, e.g. the transfer
                                          # corpus) at the final eval only: the report reads only their final
                                          # value, and at every eval they double its cost
+    # Early stopping (Kaplan §4: the L(N, D) runs train "until early stopping"): stop once this many evals in a
+    # row brought no new best eval loss; 0 = train all num_steps. The stop step's eval is then the final one
+    # (with the final-only evals); the run counts as finished, its best eval loss is the early-stopped value.
+    early_stopping_patience: int = 0
     log_every: int = 10
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
@@ -121,8 +125,11 @@ class TrainConfig:
         for name in ("decay_fraction", "final_lr_fraction", "beta1", "beta2", "eps", "weight_decay", "grad_clip",
                      "noise_scale_ema_tokens"):
             number(name)
-        for name in ("seed", "adafactor_min_dim_to_factor"):
+        for name in ("seed", "adafactor_min_dim_to_factor", "early_stopping_patience"):
             integer(name)
+        if self.early_stopping_patience < 0:
+            raise ValueError(f"TrainConfig.early_stopping_patience must be >= 0 (0 = off), "
+                             f"got {self.early_stopping_patience}")
         for name in ("warmup_steps", "noise_scale_skip_steps", "eval_batch_size", "eval_max_windows"):
             integer(name, optional=True)
         if self.nonfinite not in NONFINITE:
@@ -183,7 +190,7 @@ class TrainConfig:
 # DataConfig knobs that do not change the data (workers, prefetch, where caches live) likewise.
 FINGERPRINT_EXCLUDED = frozenset({
     "num_steps", "progress_bar", "log_every", "eval_every", "eval_batch_size", "eval_max_windows",
-    "extra_eval_final_only",
+    "extra_eval_final_only", "early_stopping_patience",  # where the run ends, like num_steps
     "checkpoint_every", "keep_checkpoints", "async_checkpointing", "mesh", "nonfinite", "max_skipped_steps",
     "loss_chunk_length", "model.attention_impl",
     "data.num_workers", "data.prefetch", "data.cache_dir", "data.tfds_data_dir",

@@ -68,7 +68,9 @@ def cpu_cores_warning(record: dict, platform: str, step: int) -> str | None:
 class Evaluator:
     """Scores the parameters on the held-out windows (and the extra / position evals) and logs eval.jsonl.
 
-    ``history`` is eval.jsonl's records up to the restored step: the best and last eval carry over a resume."""
+    ``history`` is eval.jsonl's records up to the restored step: the best and last eval carry over a resume.
+    With TrainConfig.early_stopping_patience = P, the eval that is the P-th in a row without a new best sets
+    ``stopped``: it is scored as the final eval (the final-only evals included) and the loop ends there."""
 
     def __init__(self, run, eval_step, *, flops_per_token: float, eval_log, tb, progress, lead: bool,
                  history: list[dict]):
@@ -80,6 +82,10 @@ class Evaluator:
         self.best_loss = best["eval_loss"] if best else float("inf")
         self.best_step = best["step"] if best else None
         self.last = history[-1] if history else None
+        # Evals since the best one: a pure function of the history, so a resume decides to stop as the
+        # uninterrupted run did (and one restored at its stop step does not train on).
+        self.since_best = sum(1 for r in history if best is not None and r["step"] > best["step"])
+        self.stopped = bool(history) and bool(history[-1].get("early_stopped"))
         self._rows_sharding = NamedSharding(run.mesh, P(run.batch_sharding.spec[0]))
 
     def done_at(self, step: int) -> bool:
@@ -95,7 +101,6 @@ class Evaluator:
 
     def __call__(self, step: int, params) -> dict:
         config, data = self.config, self.run.data
-        final = step == config.num_steps
         windows = data.eval_windows
         if config.eval_max_windows:
             windows = windows[:config.eval_max_windows]
@@ -104,6 +109,15 @@ class Evaluator:
                "eval_bpb": result.bits_per_byte, "loss_per_position": result.loss_per_position.tolist(),
                "eval_windows": result.n_windows,
                "compute_pf_days": formulas.pf_days(self.flops_per_token * step * self.batch_tokens)}
+        if result.loss < self.best_loss:
+            self.best_loss, self.best_step, self.since_best = result.loss, step, 0
+        else:
+            self.since_best += 1
+        patience = config.early_stopping_patience
+        if patience and self.since_best >= patience and step < config.num_steps:
+            self.stopped = True
+            rec["early_stopped"] = True
+        final = step == config.num_steps or self.stopped
         extra_evals = getattr(data, "extra_evals", None) or {}
         if config.extra_eval_final_only and not final:
             extra_evals = {}
@@ -120,14 +134,14 @@ class Evaluator:
             paired = self._evaluate(params, position_windows, float("nan"))
             rec.update(position_eval_loss=paired.loss, position_eval_windows=paired.n_windows,
                        position_eval_loss_per_position=paired.loss_per_position.tolist())
-        if result.loss < self.best_loss:
-            self.best_loss, self.best_step = result.loss, step
         rec["best_eval_loss"], rec["best_eval_step"] = self.best_loss, self.best_step
         if self.lead:
             self.eval_log.append(rec)
             self.tb.scalars(step, {k: v for k, v in rec.items() if k.startswith("eval_")}, prefix="eval/")
             self.progress.write(f"step {step}: eval loss {result.loss:.4f} nats/token, "
-                                f"{result.bits_per_byte:.4f} bits/byte")
+                                f"{result.bits_per_byte:.4f} bits/byte" + (
+                                    f"; early stopping: {self.since_best} evals without a new best "
+                                    f"(best {self.best_loss:.4f} at step {self.best_step})" if self.stopped else ""))
         self.last = rec
         return rec
 

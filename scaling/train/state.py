@@ -105,6 +105,7 @@ _COMPILED: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
 COMPILED_CACHE_SIZE = 16
 # TrainConfig fields that do not enter the step, the eval step or the init program.
 _NOT_IN_PROGRAM = ("model", "data", "seed", "eval_every", "eval_max_windows", "log_every", "checkpoint_every",
+                   "early_stopping_patience",
                    "keep_checkpoints", "async_checkpointing", "progress_bar", "max_skipped_steps",
                    "noise_scale_ema_tokens", "noise_scale_skip_steps")
 

@@ -40,18 +40,21 @@ def finished_summary(workdir: str, config: TrainConfig) -> dict | None:
     return summary if records.is_finished(summary, config.num_steps) else None
 
 
-def run_summary(run: TrainSetup, model_info: dict, *, last_eval: dict, final_train_loss: float, skipped_steps: int,
+def run_summary(run: TrainSetup, model_info: dict, *, steps: int, early_stopped: bool, last_eval: dict,
+                final_train_loss: float, skipped_steps: int,
                 best_eval_loss: float, best_eval_step: int | None, noise_ema, noise_skip: int, tokens_per_sec: float,
                 peak, peak_source, compile_time: float, train_time: float, wall_time: float) -> dict:
-    """summary.json of a finished run (fields: scaling.core.records.SUMMARY_FIELDS)."""
+    """summary.json of a finished run (fields: scaling.core.records.SUMMARY_FIELDS); ``steps`` is where it ended
+    (num_steps, or the early-stopping step)."""
     config = run.config
     batch_tokens = config.batch_size * run.model_config.n_ctx
     flops_per_token, mfu_flops_per_token = model_info["flops_per_token"], model_info["flops_per_token_mfu"]
-    tokens = config.num_steps * batch_tokens
+    tokens = steps * batch_tokens
     return records.summary_record({
         "status": "finished",
         **model_info,
-        "steps": config.num_steps,
+        "steps": steps,
+        "early_stopped": bool(early_stopped),
         "tokens": tokens,
         "batch_size": config.batch_size,
         "batch_tokens": batch_tokens,
@@ -89,6 +92,6 @@ def run_summary(run: TrainSetup, model_info: dict, *, last_eval: dict, final_tra
         "train_time_sec": train_time,
         "wall_time_sec": wall_time,
         "data": getattr(run.data, "manifest", None),
-        "epochs": config.num_steps * config.batch_size / run.data.train.windows_per_epoch
+        "epochs": steps * config.batch_size / run.data.train.windows_per_epoch
         if getattr(run.data.train, "windows_per_epoch", None) else None,
     })

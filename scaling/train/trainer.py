@@ -143,7 +143,8 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
     # --- the loop ---
     status = "finished"
     step = start_step
-    batches = run.data.train.iterate(start_step, config.num_steps - start_step)
+    # A run restored at its early-stopping step (summary lost in a crash) trains no further.
+    batches = run.data.train.iterate(start_step, 0 if evaluator.stopped else config.num_steps - start_step)
     try:
         with hooks.Preemption() as preemption:
             for data_step, rows in batches:
@@ -174,9 +175,12 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
                 t0 = time.perf_counter()
                 if at_eval:
                     evaluator(step, state.params)
-                if at_ckpt or preemption.requested:
+                if at_ckpt or preemption.requested or evaluator.stopped:
                     saver.save(step, state)
                 window.exclude(time.perf_counter() - t0)
+                if evaluator.stopped:   # early stopping (TrainConfig.early_stopping_patience): this eval was final
+                    progress.write(f"early stopping at step {step} of {config.num_steps}")
+                    break
                 if preemption.requested and step < config.num_steps:
                     status = "preempted"
                     break
@@ -198,21 +202,23 @@ def train(config: TrainConfig, workdir: str, *, data=None, devices: Sequence[jax
               f"rerun the same command to resume", flush=True)
         return {"status": "preempted", "steps": step, "workdir": workdir}
 
+    end_step = step if evaluator.stopped else config.num_steps
     # A run restored at its last step (summary lost in a crash) still needs its final eval.
-    if not evaluator.done_at(config.num_steps):
-        evaluator(config.num_steps, state.params)
-    if saver.last_saved != config.num_steps:
-        saver.save(config.num_steps, state)
+    if not evaluator.done_at(end_step):
+        evaluator(end_step, state.params)
+    if saver.last_saved != end_step:
+        saver.save(end_step, state)
         ckpt.wait()
     ckpt.close()
 
-    steps_timed = config.num_steps - start_step - 1  # the first step of each session is not timed
+    steps_timed = end_step - start_step - 1  # the first step of each session is not timed
     if latest is not None or steps_timed <= 0:
         tokens_per_sec = window.last_rate
     else:
         tokens_per_sec = (steps_timed * batch_tokens / window.session_train_time if window.session_train_time > 0
                           else float("nan"))
-    summary = run_summary(run, model_info, last_eval=evaluator.last, final_train_loss=window.last_loss,
+    summary = run_summary(run, model_info, steps=end_step, early_stopped=evaluator.stopped,
+                          last_eval=evaluator.last, final_train_loss=window.last_loss,
                           skipped_steps=policy.total, best_eval_loss=evaluator.best_loss,
                           best_eval_step=evaluator.best_step, noise_ema=noise_ema,
                           noise_skip=config.resolved_noise_scale_skip_steps, tokens_per_sec=tokens_per_sec,
