@@ -41,7 +41,7 @@ import time
 from concurrent import futures
 from typing import Callable, Sequence
 
-from scaling.core import fileio
+from scaling.core import fileio, records
 from scaling.sweep import (REPO_ROOT, SweepError, SweepRun, collect_runs_csv, expand, run_dir, run_status, select,
                            write_sweep_json)
 
@@ -320,7 +320,8 @@ def execute_run(run: SweepRun, root: str, *, launcher: str | None = None, cores:
     seconds = time.time() - started
     cpu_seconds = usage.ru_utime + usage.ru_stime
     summary = fileio.read_json_object(os.path.join(workdir, "summary.json"))
-    finished = (code == 0 and summary is not None and summary.get("steps", -1) >= run.planned["steps"])
+    # records.is_finished: all planned steps, or an early-stopped run (TrainConfig.early_stopping_patience).
+    finished = code == 0 and records.is_finished(summary, run.planned["steps"])
     if finished:
         status, error = "finished", ""
     elif code in (0, -signal.SIGTERM, -signal.SIGINT, 143, 130):

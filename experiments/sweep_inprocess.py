@@ -49,7 +49,7 @@ from typing import Sequence
 
 from experiments import sweep_executor
 from scaling import sweep
-from scaling.core import fileio
+from scaling.core import fileio, records
 
 COMPILATION_CACHE_DIR = os.path.join(".cache", "scaling", "jax_compilation_cache")
 
@@ -125,7 +125,7 @@ def train_one(record: dict, root: str) -> dict:
                                                    record["gin_params"], workdir)
                 if summary.get("status") == "preempted":
                     status = "interrupted"
-                elif summary.get("steps", -1) >= record["planned"]["steps"]:
+                elif records.is_finished(summary, record["planned"]["steps"]):   # all steps, or early-stopped
                     status = "finished"
                 else:
                     error = f"the run stopped at step {summary.get('steps')} of {record['planned']['steps']}"

@@ -163,3 +163,19 @@ def test_a_raising_run_is_recorded_and_gin_is_left_clean(tmp_path, monkeypatch, 
         assert "Traceback" in open(os.path.join(root, "runs", run.name, "launcher.log")).read()
         assert gin.config_str().strip() == ""           # no binding leaks into the next run
     assert seen == [(16, 6), (24, 200)]                  # each run got its own gin
+
+
+def test_an_early_stopped_run_is_finished(tmp_path, monkeypatch, sweep_file):
+    """A run that TrainConfig.early_stopping_patience ended before its planned steps is finished, not failed."""
+    from experiments import sweep_inprocess
+    from scaling import sweep
+    from scaling.train import trainer
+
+    _, runs = sweep.expand(sweep_file)
+    stopped = {"status": "finished", "steps": 40, "early_stopped": True, "final_eval_loss": 5.0}
+    monkeypatch.setattr(trainer, "train", lambda config, workdir, **kw: dict(stopped))
+    result = sweep_inprocess.train_one(runs[1].record(), str(tmp_path / "root"))   # planned: 200 steps
+    assert result["status"] == "finished", result
+    monkeypatch.setattr(trainer, "train", lambda config, workdir, **kw: dict(stopped, early_stopped=False))
+    result = sweep_inprocess.train_one(runs[1].record(), str(tmp_path / "root2"))
+    assert result["status"] == "failed" and "stopped at step 40 of 200" in result["error"]

@@ -81,10 +81,8 @@ def test_fingerprint_unchanged_at_rate_zero():
 def test_training_with_dropout_is_deterministic_and_resumes_exactly(tmp_path, synthetic_data):
     data = synthetic_data(vocab_size=64, n_ctx=32, batch_size=8)
     _, once = _train(tmp_path, "once", data)
-    _, again = _train(tmp_path, "again", data)
     _, other_seed = _train(tmp_path, "seed1", data, seed=1)
     _, no_dropout = _train(tmp_path, "plain", data, model=MODEL)
-    assert once == again
     assert once[12] != other_seed[12]
     assert once[1] != no_dropout[1]  # the first step already sees the masks (same init, same batch)
     # Dropout regularises: the training loss is higher than without it on the same batches.
@@ -101,6 +99,6 @@ def test_training_with_dropout_is_deterministic_and_resumes_exactly(tmp_path, sy
     with pytest.raises(Crash):
         trainer.train(make_config(), workdir, data=data, devices=jax.devices()[:1], after_checkpoint=crash)
     trainer.train(make_config(), workdir, data=data, devices=jax.devices()[:1])
-    assert _losses(workdir) == once
+    assert _losses(workdir) == once  # the same masks on the same seed: deterministic, and exact across a resume
     evals = read_jsonl(os.path.join(workdir, "eval.jsonl"))
     assert [e["step"] for e in evals] == [6, 12]
