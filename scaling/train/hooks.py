@@ -16,7 +16,6 @@ Only process 0 (``lead``) writes logs; every process computes the same values.
 from __future__ import annotations
 
 import math
-import os
 import signal
 import threading
 import time
@@ -42,22 +41,14 @@ def local_rows(rows: np.ndarray) -> np.ndarray:
     return rows[jax.process_index() * n:(jax.process_index() + 1) * n]
 
 
-def cpu_cores() -> int | None:
-    """The CPU cores this process may run on (its affinity), which size XLA's CPU thread pool; None if unknown."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count()
-
-
 def cpu_cores_warning(record: dict, platform: str, step: int) -> str | None:
     """A warning when a CPU run resumes with another number of cores than the session that saved ``record``.
 
     XLA sizes its CPU thread pool from the cores a process may use, and some reductions split their work by
     thread count: at tiny widths (d_model 16) float32 losses then differ in the last digit from an uninterrupted
     run (tests/train/test_train_state.py). The resumed run is still correct; it is only not bit-identical."""
-    saved, now = record.get("cpu_cores"), cpu_cores()
-    if platform != "cpu" or saved is None or now is None or int(saved) == now:
+    saved, now = record.get("cpu_cores"), mfu_lib.process_cores()   # the cores that size XLA's CPU thread pool
+    if platform != "cpu" or saved is None or int(saved) == now:
         return None
     return (f"WARNING: checkpoint {step} was written by a session on {saved} CPU cores, this one runs on {now}: "
             f"XLA's CPU thread pool is sized from them, so the losses from here on may differ from an "
@@ -304,7 +295,7 @@ class Checkpointing:
                "wall_time": self.wall_time(), "train_time": self.train_time(),
                "best_eval_loss": best if math.isfinite(best) else None,
                "best_eval_step": self.evaluator.best_step, "noise_ema": self.window.noise_ema.state_dict(),
-               "skipped_steps": self.policy.total, "cpu_cores": cpu_cores()}
+               "skipped_steps": self.policy.total, "cpu_cores": mfu_lib.process_cores()}
         if self.lead:
             for log in self.logs:
                 log.sync()

@@ -85,7 +85,7 @@ def process_cores() -> int:
     CPU thread pool."""
     try:
         return len(os.sched_getaffinity(0))
-    except AttributeError:
+    except (AttributeError, OSError):   # no affinity API on this platform
         return os.cpu_count() or 1
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from models.transformer import TransformerConfig
-from scaling.train import checkpointing, hooks, partitioning, trainer
+from scaling.train import checkpointing, mfu, partitioning, trainer
 from scaling.train.config import MeshConfig, TrainConfig
 from scaling.train.metrics import read_jsonl
 
@@ -143,13 +143,13 @@ def test_resume_on_another_number_of_cpu_cores_is_named(synthetic_data, tmp_path
     data = synthetic_data(vocab_size=64, n_ctx=32, batch_size=8)
     devices = jax.devices()[:1]
     workdir = str(tmp_path / "cores")
-    monkeypatch.setattr(hooks, "cpu_cores", lambda: 7)
+    monkeypatch.setattr(mfu, "process_cores", lambda: 7)
     with pytest.raises(Stop):
         trainer.train(make_config(), workdir, data=data, devices=devices, after_checkpoint=stop_at(10))
     with pytest.raises(Stop):                                        # resumed on 7 cores again: no warning
         trainer.train(make_config(), workdir, data=data, devices=devices, after_checkpoint=stop_at(20))
     assert "CPU cores" not in capsys.readouterr().out
-    monkeypatch.setattr(hooks, "cpu_cores", lambda: 3)
+    monkeypatch.setattr(mfu, "process_cores", lambda: 3)
     trainer.train(make_config(), workdir, data=data, devices=devices)   # resumes at its last step
     out = capsys.readouterr().out
     assert "checkpoint 20 was written by a session on 7 CPU cores, this one runs on 3" in out
