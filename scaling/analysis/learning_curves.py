@@ -77,6 +77,18 @@ def curve_window(steps, loss, start_fraction: float = 0.25, min_step: float = 1.
     return steps[keep], loss[keep]
 
 
+def best_loss_by_step(steps, loss, step: float, tolerance: float = 0.05) -> float | None:
+    """The lowest eval loss a learning curve reached by optimizer step ``step`` (what a run stopped there would
+    report as its best eval loss), or None when the curve has no eval within ``tolerance`` × step below it (it
+    stopped earlier, or evaluated too rarely to say)."""
+    steps = np.asarray(steps, dtype=np.float64)
+    loss = np.asarray(loss, dtype=np.float64)
+    upto = (steps <= step * (1 + 1e-9)) & np.isfinite(loss)
+    if not upto.any() or steps[upto].max() < (1 - tolerance) * step:
+        return None
+    return float(loss[upto].min())
+
+
 def s_min(steps, loss, batch_tokens: float, b_crit: Callable | None):
     """Kaplan eq 5.4: S_min = S / (1 + B_crit(L)/B); S itself when no B_crit(L) is given."""
     steps = np.asarray(steps, dtype=np.float64)
@@ -219,6 +231,24 @@ def floor_power_law_fit(n, loss, n_boot: int = 200, seed: int = 0, level: float 
                 predict=lambda nn: e + (n_c / np.asarray(nn, dtype=np.float64)) ** alpha)
 
 
+def loss_at_steps(l_n: float, fit: SeparableFit, steps: float, batch_tokens: float, b_crit: Callable) -> float:
+    """The loss L that solves L = l_n + (S_c/S_min(L))^α_S with S_min = S/(1 + B_crit(L)/B) (eqs 1.6, 5.4).
+
+    S_min depends on the loss it predicts, so L is a fixed point. g(L) = l_n + term(S_min(L)) − L falls with L
+    (B_crit falls with L, so S_min grows and the term shrinks), so the root is unique and bracketed by
+    [l_n, l_n + term(S_min(l_n))]; a root solve finds it whatever α_S is (iterating the map oscillates and
+    diverges when α_S is large)."""
+    def term(loss):
+        return float(fit.step_term(s_min([steps], [loss], batch_tokens, b_crit))[0])
+
+    lo = l_n
+    hi = l_n + term(l_n)
+    g = lambda loss: l_n + term(loss) - loss   # noqa: E731
+    if not (math.isfinite(hi) and g(hi) < 0):
+        return hi
+    return float(scipy.optimize.brentq(g, lo, hi, xtol=1e-10))
+
+
 def predict_final_loss(curves: Sequence[Curve], target_n: float, target_steps: float, target_batch_tokens: float, *,
                        b_crit: Callable | None = None, start_fraction: float = 0.25, n_boot: int = 200,
                        seed: int = 0) -> dict:
@@ -233,10 +263,8 @@ def predict_final_loss(curves: Sequence[Curve], target_n: float, target_steps: f
         n = [c.n_params for c in cs]
         n_c, alpha_n = power_law_fit(n, [fit.l_inf[c.name] for c in cs])
         l_n = (n_c / target_n) ** alpha_n
-        pred = l_n + float(fit.step_term(target_steps))
-        if b_crit is not None:
-            for _ in range(3):   # S_min depends on the loss through B_crit(L)
-                pred = l_n + float(fit.step_term(s_min([target_steps], [pred], target_batch_tokens, b_crit))[0])
+        pred = l_n + float(fit.step_term(target_steps)) if b_crit is None else \
+            loss_at_steps(l_n, fit, target_steps, target_batch_tokens, b_crit)
         return pred, l_n, fit, n_c, alpha_n
 
     pred, l_n, fit, n_c, alpha_n = one(curves)

@@ -58,6 +58,25 @@ def test_prediction_of_a_larger_model_with_noise_is_inside_its_interval():
     assert out["alpha_N"] == pytest.approx(ALPHA_N, rel=0.15)
 
 
+def test_prediction_with_s_min_solves_the_fixed_point_for_a_steep_step_term():
+    """L = L∞ + (S_c/S_min(L))^α_S with S_min = S/(1 + B_crit(L)/B). With the full study's fitted constants
+    (α_S 1.84, S_c 216, B_crit = 2.4e7/L^6.2), three passes of the map from L∞ oscillated to 11.05 nats for a
+    run measured at 4.13; the root solve returns the fixed point, which the curve it came from satisfies."""
+    b_crit = lambda loss: 2.405e7 / np.asarray(loss) ** (1 / 0.1625)   # noqa: E731
+    fit = lc.SeparableFit(216.5, 1.8395, {}, 0.0, 0, 1.0, {}, True)
+    for steps in (300, 1200, 4000):
+        loss = lc.loss_at_steps(3.2279, fit, steps, 1024.0, b_crit)
+        assert loss == pytest.approx(3.2279 + float(fit.step_term(lc.s_min([steps], [loss], 1024.0, b_crit))[0]),
+                                     abs=1e-8)
+    assert lc.loss_at_steps(3.2279, fit, 1200, 1024.0, b_crit) == pytest.approx(4.0819, abs=1e-3)
+    # The synthetic ladder of the S_min test: the prediction is the true loss of the larger model.
+    b_crit = lambda loss: 2.0e4 / np.asarray(loss) ** 4   # noqa: E731
+    curves = synthetic(NS, lambda n: 2000, b_crit=b_crit)
+    out = lc.predict_final_loss(curves, 7.9e5, 1200, 1024.0, b_crit=b_crit, start_fraction=0.0, n_boot=0)
+    truth = synthetic([7.9e5], lambda n: 1200, b_crit=b_crit)[0].loss[-1]
+    assert out["loss_pred"] == pytest.approx(truth, rel=1e-4)
+
+
 def test_window_drops_the_early_plateau():
     s, l = lc.curve_window([100, 200, 400, 800], [6.0, 5.9, 5.0, 4.5], start_fraction=0.25)
     assert s.tolist() == [200, 400, 800] and l.tolist() == [5.9, 5.0, 4.5]
