@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from scaling.analysis import learning_curves
 from scaling.analysis import report_tables as rt
 from scaling.report.context import final_eval, position_curve
 from scaling.report.document import Report, log_grid, notes_text, value_range
@@ -18,23 +19,55 @@ def _family_fit(rows):
     return rows, N, L, fit
 
 
+def _common_steps(rows) -> float | None:
+    steps = {float(r["steps"]) for r in rows if rt.positive(r.get("steps"))}
+    return steps.pop() if len(steps) == 1 else None
+
+
+def ladder_at_steps(rep: Report, step: float):
+    """The ladder rungs' best eval loss by optimizer step ``step`` (from their learning curves), with the power-law
+    fit: the Transformer a family run trained as long would have reached. Rungs that stopped earlier are left out."""
+    rows, N, L = [], [], []
+    for r in rep.sweep.group("ladder"):
+        steps, loss = rep.sweep.curve(r, x="step")
+        value = learning_curves.best_loss_by_step(steps, loss, step) if len(steps) else None
+        if value is not None and rt.positive(r.get("n_params_nonembedding")):
+            rows.append(r)
+            N.append(float(r["n_params_nonembedding"]))
+            L.append(value)
+    N, L = np.array(N), np.array(L)
+    fit = rt.loglog_fit(N, L) if len(rows) >= 2 and np.ptp(N) > 0 else None
+    return rows, N, L, fit
+
+
 def family_and_ladder(rep: Report, group: str):
     """Finished runs of `group` and of the Transformer ladder, each with its power-law fit (or the section's
-    reason for not being measured)."""
+    reason for not being measured), and the words saying what the ladder's losses are.
+
+    A family trained S steps is compared with the ladder's losses at step S, read off the rungs' learning
+    curves (the ladder's rungs train S or more steps): a rung trained longer is not a fair comparison."""
     need(bool(rep.sweep.group(group, finished=False)), f"no `{group}` group in runs.csv")
     family = _family_fit(rep.sweep.group(group))
     need(len(family[0]) >= 1, f"no `{group}` run has finished")
-    ladder = _family_fit(rep.sweep.group("ladder"))
+    steps = _common_steps(family[0])
+    ladder = ladder_at_steps(rep, steps) if steps else None
+    if ladder is not None and len(ladder[0]) >= 2:
+        basis = f"ladder best eval losses by step {steps:.0f}, the {group} runs' step count (from the rungs' curves)"
+    else:
+        ladder = _family_fit(rep.sweep.group("ladder"))
+        why = (f"fewer than 2 rungs trained {steps:.0f} steps" if steps else f"the {group} runs' step counts differ")
+        basis = f"ladder best eval losses at the end of each rung's training ({why})"
     need(len(ladder[0]) >= 1, "no finished `ladder` run to compare with")
-    return family, ladder
+    return family, ladder, basis
 
 
 def section_lstm(rep: Report) -> list:
     """LSTM vs Transformer (Fig. 7): loss vs N and per-position loss."""
-    (lstm, Nl, Ll, fl), (tr, Nt, Lt, ft) = family_and_ladder(rep, "lstm")
+    (lstm, Nl, Ll, fl), (tr, Nt, Lt, ft), basis = family_and_ladder(rep, "lstm")
     left = [dict(x=Nt, y=Lt, kind="scatter", color="tab:blue", label="Transformer (ladder)"),
             dict(x=Nl, y=Ll, kind="scatter", color="tab:red", marker="s", label="LSTM")]
-    lines = [f"LSTM runs: {len(lstm)} (N = {value_range(Nl)}); Transformer ladder: {len(tr)} (N = {value_range(Nt)}).", ""]
+    lines = [f"LSTM runs: {len(lstm)} (N = {value_range(Nl)}); Transformer ladder: {len(tr)} (N = {value_range(Nt)}; "
+             f"{basis}).", ""]
     for name, fit, N, colour in (("Transformer", ft, Nt, "tab:blue"), ("LSTM", fl, Nl, "tab:red")):
         if fit:
             g = log_grid(N)
@@ -55,7 +88,8 @@ def section_lstm(rep: Report) -> list:
         if e is not None:
             lp = position_curve(e)[0]
             right.append(dict(x=np.arange(1, len(lp) + 1), y=lp, kind="line", color=colour,
-                              label=f"{label} N = {r['n_params_nonembedding']:.2g}"))
+                              label=f"{label} N = {r['n_params_nonembedding']:.2g}, "
+                                    f"{float(r.get('steps') or 0):.0f} steps"))
     panels = [dict(title="loss vs N", xlabel="N (non-embedding)", ylabel="best eval loss", ylog=True, series=left)]
     if right:
         panels.append(dict(title="per-token loss at similar N", xlabel="token position", ylabel="eval loss",
@@ -77,7 +111,7 @@ def _n_recurrence(rep: Report, row) -> float:
 
 def section_recurrent(rep: Report) -> list:
     """Recurrent (parameter-shared) Transformer (Fig. 17): N counted once and with the repeats."""
-    (rec, Nr, Lr, _), (tr, Nt, Lt, ft) = family_and_ladder(rep, "recurrent")
+    (rec, Nr, Lr, _), (tr, Nt, Lt, ft), basis = family_and_ladder(rep, "recurrent")
     reps = np.array([_n_recurrence(rep, r) for r in rec])
     base = [dict(x=Nt, y=Lt, kind="scatter", color="tab:blue", label="Transformer (ladder)")]
     if ft:
@@ -89,7 +123,8 @@ def section_recurrent(rep: Report) -> list:
               dict(title="N counting every repeat", xlabel="N × n_recurrence", ylabel="best eval loss", ylog=True,
                    series=base + [dict(x=Nr * reps, y=Lr, kind="scatter", marker="s", color="tab:green",
                                        label="recurrent")])]
-    lines = ["| run | N (unique) | repeats | N × repeats | best loss | ladder fit at N | ladder fit at N × repeats |",
+    lines = [f"Transformer ladder: {len(tr)} rungs, N = {value_range(Nt)} ({basis}).", "",
+             "| run | N (unique) | repeats | N × repeats | best loss | ladder fit at N | ladder fit at N × repeats |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r, n, l, k in zip(rec, Nr, Lr, reps):
         at = lambda x: f"{ft['k'] * x ** ft['p']:.4f}" if ft else "–"

@@ -15,6 +15,7 @@ from models.transformer import TransformerConfig
 from scaling.train import config as config_lib, step as step_lib, trainer
 from scaling.train.config import MeshConfig, TrainConfig
 from scaling.train.metrics import read_jsonl
+from train_helpers import Crash, crash_after, step_losses
 
 MODEL = TransformerConfig(vocab_size=64, n_ctx=32, n_layer=2, d_model=32, d_ff=64, d_attn=32, n_heads=4)
 
@@ -27,14 +28,10 @@ def make_config(**kw):
     return TrainConfig(**base)
 
 
-def _losses(workdir):
-    return {r["step"]: r["loss"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))}
-
-
 def _train(tmp_path, name, data, **kw):
     workdir = str(tmp_path / name)
     trainer.train(make_config(**kw), workdir, data=data, devices=jax.devices()[:1])
-    return workdir, _losses(workdir)
+    return workdir, step_losses(workdir)
 
 
 @pytest.mark.parametrize("config", [
@@ -88,17 +85,10 @@ def test_training_with_dropout_is_deterministic_and_resumes_exactly(tmp_path, sy
     # Dropout regularises: the training loss is higher than without it on the same batches.
     assert np.mean([once[s] for s in range(7, 13)]) > np.mean([no_dropout[s] for s in range(7, 13)])
 
-    class Crash(Exception):
-        pass
-
-    def crash(step):
-        if step == 6:
-            raise Crash()
-
     workdir = str(tmp_path / "crashed")
     with pytest.raises(Crash):
-        trainer.train(make_config(), workdir, data=data, devices=jax.devices()[:1], after_checkpoint=crash)
+        trainer.train(make_config(), workdir, data=data, devices=jax.devices()[:1], after_checkpoint=crash_after(6))
     trainer.train(make_config(), workdir, data=data, devices=jax.devices()[:1])
-    assert _losses(workdir) == once  # the same masks on the same seed: deterministic, and exact across a resume
+    assert step_losses(workdir) == once  # the same masks on the same seed: deterministic, and exact across a resume
     evals = read_jsonl(os.path.join(workdir, "eval.jsonl"))
     assert [e["step"] for e in evals] == [6, 12]

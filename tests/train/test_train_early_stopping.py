@@ -15,6 +15,7 @@ from scaling.core import records
 from scaling.train import trainer
 from scaling.train.config import MeshConfig, TrainConfig
 from scaling.train.metrics import read_jsonl
+from train_helpers import Crash, crash_after, step_losses
 
 MODEL = TransformerConfig(vocab_size=64, n_ctx=32, n_layer=1, d_model=32, d_ff=64, d_attn=32, n_heads=4)
 
@@ -40,8 +41,6 @@ def _train(config, workdir, data, **kw):
     return trainer.train(config, workdir, data=data, devices=jax.devices()[:1], **kw)
 
 
-def _losses(workdir):
-    return {r["step"]: r["loss"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))}
 
 
 def test_stops_after_patience_evals_without_a_new_best(tmp_path, diverging_data):
@@ -68,8 +67,8 @@ def test_stops_after_patience_evals_without_a_new_best(tmp_path, diverging_data)
     assert evals[-1]["early_stopped"] and "eval_loss_shifted" in evals[-1]   # the final-only extra eval ran
     assert all("eval_loss_shifted" not in e for e in evals[:-1])
     # The same training up to the stop: losses and evals equal the full run's.
-    full_losses = _losses(full)
-    assert _losses(stopped) == {s: full_losses[s] for s in range(1, expected + 1)}
+    full_losses = step_losses(full)
+    assert step_losses(stopped) == {s: full_losses[s] for s in range(1, expected + 1)}
     assert [e["eval_loss"] for e in evals] == [loss for s, loss in curve if s <= expected]
     # Finished: for the trainer (a rerun, even asking for more steps) and for the sweep's check.
     again = _train(make_config(num_steps=40), stopped, diverging_data)
@@ -81,24 +80,17 @@ def test_resume_stops_at_the_same_step(tmp_path, diverging_data):
     reference = _train(make_config(), str(tmp_path / "reference"), diverging_data)
     stop = reference["steps"]
 
-    class Crash(Exception):
-        pass
-
-    def crash_at_4(step):
-        if step == 4:
-            raise Crash()
-
     crashed = str(tmp_path / "crashed")
     with pytest.raises(Crash):
-        _train(make_config(), crashed, diverging_data, after_checkpoint=crash_at_4)
+        _train(make_config(), crashed, diverging_data, after_checkpoint=crash_after(4))
     resumed = _train(make_config(), crashed, diverging_data)
     assert resumed["steps"] == stop and resumed["early_stopped"]
-    assert _losses(crashed) == _losses(str(tmp_path / "reference"))
+    assert step_losses(crashed) == step_losses(str(tmp_path / "reference"))
 
     # Restored at the stop step itself (the summary lost in a crash): no further training, same record.
     os.remove(os.path.join(crashed, "summary.json"))
     lost = _train(make_config(), crashed, diverging_data)
-    assert lost["steps"] == stop and lost["early_stopped"] and max(_losses(crashed)) == stop
+    assert lost["steps"] == stop and lost["early_stopped"] and max(step_losses(crashed)) == stop
     assert lost["best_eval_loss"] == reference["best_eval_loss"]
 
 

@@ -17,6 +17,7 @@ from models.transformer import TransformerConfig
 from scaling.train import trainer
 from scaling.train.config import MeshConfig, TrainConfig
 from scaling.train.metrics import read_jsonl
+from train_helpers import Crash, crash_after, step_losses
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -30,14 +31,6 @@ def make_config(mesh=MeshConfig(data=1), **kw):
                 microbatches=2, mesh=mesh)  # K=2: microbatches of 8 rows shard over 8 devices
     base.update(kw)
     return TrainConfig(**base)
-
-
-def losses(workdir):
-    return {r["step"]: r["loss"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))}
-
-
-class Crash(Exception):
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +115,7 @@ def test_sigkill_then_resume_reproduces_losses(uninterrupted, data, tmp_path):
     child = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
     assert not os.path.exists(os.path.join(workdir, "summary.json"))
-    assert max(losses(workdir)) >= 10
+    assert max(step_losses(workdir)) >= 10
 
     # A NaN from here on (absurd LR) stops the run and keeps checkpoint 10.
     nan_dir = str(tmp_path / "nan")
@@ -138,7 +131,7 @@ def test_sigkill_then_resume_reproduces_losses(uninterrupted, data, tmp_path):
     # Resuming the killed run gives exactly the uninterrupted losses.
     summary = trainer.train(make_config(), workdir, data=data, devices=jax.devices()[:1])
     assert summary["status"] == "finished"
-    resumed, reference = losses(workdir), losses(uninterrupted[0])
+    resumed, reference = step_losses(workdir), step_losses(uninterrupted[0])
     assert sorted(resumed) == list(range(1, STEPS + 1))
     assert [resumed[s] for s in range(1, STEPS + 1)] == [reference[s] for s in range(1, STEPS + 1)]
     assert summary["final_eval_loss"] == uninterrupted[1]["final_eval_loss"]
@@ -156,18 +149,14 @@ def test_sigterm_and_restore_across_meshes(uninterrupted, data, tmp_path):
     first = trainer.train(make_config(MeshConfig(data=1, fsdp=8), **kw), workdir, data=data,
                           after_checkpoint=sigterm_at_7)
     assert first["status"] == "preempted" and first["steps"] == 7
-    assert max(losses(workdir)) == 7
-
-    def crash_at_14(step):
-        if step == 14:
-            raise Crash()
+    assert max(step_losses(workdir)) == 7
 
     with pytest.raises(Crash):
         trainer.train(make_config(MeshConfig(data=1), **kw), workdir, data=data, devices=jax.devices()[:1],
-                      after_checkpoint=crash_at_14)
+                      after_checkpoint=crash_after(14))
     summary = trainer.train(make_config(MeshConfig(data=2, fsdp=2, tensor=2), **kw), workdir, data=data)
     assert summary["status"] == "finished" and summary["n_devices"] == 8
-    resumed, reference = losses(workdir), losses(uninterrupted[0])
+    resumed, reference = step_losses(workdir), step_losses(uninterrupted[0])
     assert sorted(resumed) == list(range(1, STEPS + 1))
     np.testing.assert_allclose([resumed[s] for s in range(1, STEPS + 1)],
                                [reference[s] for s in range(1, STEPS + 1)], rtol=1e-5)

@@ -12,7 +12,7 @@ import pytest
 from models.transformer import TransformerConfig
 from scaling.train import checkpointing, mfu, partitioning, trainer
 from scaling.train.config import MeshConfig, TrainConfig
-from scaling.train.metrics import read_jsonl
+from train_helpers import Crash, crash_after, step_losses
 
 # The tiny shape of the resume report: d_model 16, head size 8, batch 8, checkpoint every 10.
 MODEL = TransformerConfig(vocab_size=64, n_ctx=32, n_layer=1, d_model=16, d_ff=64, d_attn=16, n_heads=2)
@@ -44,29 +44,14 @@ def test_state_has_no_rng_and_keeps_the_parameters_of_the_split_init_key(synthet
     assert run.state_shardings.params is not None and isinstance(run.abstract_state, trainer.TrainState)
 
 
-def losses(workdir):
-    return [(r["step"], r["loss"]) for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
-
-
-class Stop(Exception):
-    pass
-
-
-def stop_at(step):
-    def callback(saved):
-        if saved == step:
-            raise Stop()
-    return callback
-
-
 def test_checkpoint_of_the_old_dict_layout_with_rng_resumes_exactly(synthetic_data, tmp_path):
     data = synthetic_data(vocab_size=64, n_ctx=32, batch_size=8)
     devices = jax.devices()[:1]
     reference = str(tmp_path / "reference")
     trainer.train(make_config(), reference, data=data, devices=devices)
     workdir = str(tmp_path / "old_layout")
-    with pytest.raises(Stop):
-        trainer.train(make_config(), workdir, data=data, devices=devices, after_checkpoint=stop_at(10))
+    with pytest.raises(Crash):
+        trainer.train(make_config(), workdir, data=data, devices=devices, after_checkpoint=crash_after(10))
     # Rewrite checkpoint 10 as the previous trainer wrote it: a dict with the (unused) rng key data.
     run = trainer.setup(make_config(), data=data, devices=devices)
     target = partitioning.abstract_with_shardings(run.abstract_state, run.state_shardings)
@@ -82,7 +67,7 @@ def test_checkpoint_of_the_old_dict_layout_with_rng_resumes_exactly(synthetic_da
 
     summary = trainer.train(make_config(), workdir, data=data, devices=devices)
     assert summary["status"] == "finished"
-    assert losses(workdir) == losses(reference) and len(losses(workdir)) == 20
+    assert step_losses(workdir) == step_losses(reference) and len(step_losses(workdir)) == 20
     sha = lambda w: trainer.checkpoint_params_sha256(make_config(), w, data=data, devices=devices)  # noqa: E731
     assert sha(workdir) == sha(reference)
 
@@ -144,10 +129,10 @@ def test_resume_on_another_number_of_cpu_cores_is_named(synthetic_data, tmp_path
     devices = jax.devices()[:1]
     workdir = str(tmp_path / "cores")
     monkeypatch.setattr(mfu, "process_cores", lambda: 7)
-    with pytest.raises(Stop):
-        trainer.train(make_config(), workdir, data=data, devices=devices, after_checkpoint=stop_at(10))
-    with pytest.raises(Stop):                                        # resumed on 7 cores again: no warning
-        trainer.train(make_config(), workdir, data=data, devices=devices, after_checkpoint=stop_at(20))
+    with pytest.raises(Crash):
+        trainer.train(make_config(), workdir, data=data, devices=devices, after_checkpoint=crash_after(10))
+    with pytest.raises(Crash):                                        # resumed on 7 cores again: no warning
+        trainer.train(make_config(), workdir, data=data, devices=devices, after_checkpoint=crash_after(20))
     assert "CPU cores" not in capsys.readouterr().out
     monkeypatch.setattr(mfu, "process_cores", lambda: 3)
     trainer.train(make_config(), workdir, data=data, devices=devices)   # resumes at its last step
