@@ -30,6 +30,12 @@ def _bcrit_record(rep: Report) -> dict | None:
     return bcrit_record(rep.root)
 
 
+def _no_floor(floor: dict) -> bool:
+    """E's bootstrap interval reaches 0 (to 1e-3 nats): the data ask for no irreducible loss."""
+    e_ci = floor["ci95"].get("E") or [floor["params"]["E"]]
+    return min(e_ci) < 1e-3
+
+
 def _floor_fit(rep: Report, N, L_inf, pure_quality: dict, steps=()) -> tuple[dict | None, str]:
     """L(N) = E + (N_c/N)^α_N on the converged losses (fits/kaplan_n_floor.json) and the report's line on it.
 
@@ -114,8 +120,10 @@ def section_ln_converged(rep: Report) -> list:
     if floor:
         rep.exponent("α_N (floor)", "L(N) = E + (N_c/N)^α_N, converged losses (irreducible loss E fitted)",
                      floor["params"]["alpha_N"], floor["ci95"].get("alpha_N"), None, "no floor in Kaplan eq 1.1",
-                     f"E = {rt.format_ci(floor['params']['E'], floor['ci95'].get('E'), '{:.3f}')} nats; Kaplan's "
-                     "losses sit far above the floor, these tiny models near it", floor["notes"])
+                     f"E = {rt.format_ci(floor['params']['E'], floor['ci95'].get('E'), '{:.3f}')} nats; "
+                     + ("no floor detected: E's interval reaches 0, so this is eq 1.1 again"
+                        if _no_floor(floor) else "Kaplan's losses sit far above the floor, these tiny models near it"),
+                     floor["notes"])
     rep.setup["ln_converged"].update(alpha_N=a, alpha_N_ci=ci, N_c=rec["params"]["N_c"])
     rep.exponent("α_S", "step term of eq 1.6, fitted to all ladder curves", sep.alpha_s, alpha_s_ci, T3["alpha_S"],
                  "Table 3", "S_min from this sweep's B_crit(L)" if sep.bcrit_used else "S, not S_min (no B_crit(L))")
