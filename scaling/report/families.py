@@ -13,10 +13,14 @@ from scaling.report.document import Report, log_grid, notes_text, value_range
 from scaling.report.loader import need, scored
 
 
-def _family_fit(rows):
-    rows, N, L = scored(rows, "n_params_nonembedding")
+def _with_fit(rows, N, L):
+    """(rows, N, L, power-law fit of L(N) or None when fewer than two distinct sizes)."""
     fit = rt.loglog_fit(N, L) if len(rows) >= 2 and np.ptp(N) > 0 else None
     return rows, N, L, fit
+
+
+def _family_fit(rows):
+    return _with_fit(*scored(rows, "n_params_nonembedding"))
 
 
 def _common_steps(rows) -> float | None:
@@ -35,9 +39,7 @@ def ladder_at_steps(rep: Report, step: float):
             rows.append(r)
             N.append(float(r["n_params_nonembedding"]))
             L.append(value)
-    N, L = np.array(N), np.array(L)
-    fit = rt.loglog_fit(N, L) if len(rows) >= 2 and np.ptp(N) > 0 else None
-    return rows, N, L, fit
+    return _with_fit(rows, np.array(N), np.array(L))
 
 
 def family_and_ladder(rep: Report, group: str):

@@ -112,8 +112,9 @@ def section_ln_converged(rep: Report) -> list:
                                                    runs=[c.name for c in curves]))
     a, ci = rec["params"]["alpha_N"], rec["ci95"].get("alpha_N")
     q = rec["quality"]
-    steps = value_range([float(c.steps.max()) for c in curves], ".0f")
-    floor, floor_line = _floor_fit(rep, N, L_inf, q, steps=[float(c.steps.max()) for c in curves])
+    last_steps = [float(c.steps.max()) for c in curves]
+    steps = value_range(last_steps, ".0f")
+    floor, floor_line = _floor_fit(rep, N, L_inf, q, steps=last_steps)
     rep.exponent("α_N", "L(N) = (N_c/N)^α_N, converged losses (S → ∞ of each rung's curve)", a, ci, T5["alpha_N"],
                  "Table 5", f"N = {value_range(N)} (paper 7e2–1.5e9); tiny models, 1,024-token vocabulary"
                  + (f"; {floor['why']}" if floor and floor.get("why") else ""), notes)
