@@ -219,9 +219,56 @@ def fit_scans(scans: list, n_boot: int = 200, seed: int = 0, level: float = 0.95
                                "fit (is the scan bracketing B_crit? see per_target)")
     boot_b, boot_a = fit_bcrit_law_many(L, np.concatenate(boot_all, axis=1)) if n_boot else (np.array([]),) * 2
     ci = lambda x: [float(v) for v in fitting.percentile_ci(x, level)] if np.isfinite(x).any() else [None, None]
+    # B* is B_crit at L = 1 nat, far outside the targets, so its interval is alpha_B's amplified; what the scan
+    # fixes is B_crit inside the targets, given at their geometric mean (the pivot) with its own interval.
+    l_pivot = float(np.exp(np.mean(np.log(L))))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        boot_pivot = boot_b / l_pivot ** (1.0 / boot_a)
     return {"B_star": float(b_star[0]), "alpha_B": float(alpha[0]),
             "ci95": {"B_star": ci(boot_b), "alpha_B": ci(boot_a)},
+            "pivot": {"loss": l_pivot, "B_crit": float(b_star[0] / l_pivot ** (1.0 / alpha[0])),
+                      "ci95": ci(boot_pivot)},
             "n_boot": n_boot, "n_boot_valid": int(np.isfinite(boot_a).sum()), "level": level,
             "per_target": per_target, "not_reached": not_reached}
 
 
+
+
+def bcrit_shape(per_target: list) -> dict:
+    """How B_crit(L) departs from one power law, from the per-target points of `fit_scans`.
+
+    - `collapse`: does B_crit depend on L alone (Kaplan §5.1)? For each pair of model sizes, over the losses both
+      scanned, the median |ln| ratio of their B_crit (interpolated in log-log), as a fraction: None with < 2 sizes
+      or no shared losses;
+    - `alpha_B_high_L` / `alpha_B_low_L`: the exponent fitted separately to the points above and below the median
+      loss (a power law has one; B_crit steepening towards low loss gives a smaller α_B below).
+    """
+    by_model = {}
+    for t in per_target:
+        if t.get("B_crit") and t["B_crit"] > 0 and t.get("target_loss") and t["target_loss"] > 0:
+            by_model.setdefault(str(t.get("model")), []).append((float(t["target_loss"]), float(t["B_crit"])))
+    ratios = []
+    models = sorted(by_model)
+    for i, a in enumerate(models):
+        for b in models[i + 1:]:
+            la, ba = (np.array(v) for v in zip(*sorted(by_model[a])))
+            lb, bb = (np.array(v) for v in zip(*sorted(by_model[b])))
+            shared = lb[(lb >= la.min()) & (lb <= la.max())]
+            if len(shared):
+                at_a = np.exp(np.interp(np.log(shared), np.log(la), np.log(ba)))
+                at_b = bb[(lb >= la.min()) & (lb <= la.max())]
+                ratios.append(float(np.median(np.abs(np.log(at_b / at_a)))))
+    L = np.array([l for v in by_model.values() for l, _ in v])
+    B = np.array([b for v in by_model.values() for _, b in v])
+    out = {"collapse": float(np.expm1(np.median(ratios))) if ratios else None,
+           "alpha_B_high_L": None, "alpha_B_low_L": None, "loss_split": None}
+    if len(L) >= 6:
+        split = float(np.median(L))
+        out["loss_split"] = split
+        for key, part in (("alpha_B_high_L", L >= split), ("alpha_B_low_L", L < split)):
+            if part.sum() >= 3 and np.ptp(np.log(L[part])) > 0:
+                try:
+                    out[key] = fit_bcrit_law(L[part], B[part])[1]
+                except fitting.FitError:
+                    pass
+    return out

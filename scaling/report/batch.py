@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from scaling.analysis import api, laws
+from scaling.analysis import api, bcrit, laws
 from scaling.analysis import report_tables as rt
 from scaling.core import formulas
 from scaling.report.document import Report, T3, T5, fmt, log_grid, notes_text, paper_slope_line, param_ci_notes, value_range
@@ -57,10 +57,10 @@ def section_lns(rep: Report) -> list:
     # spans orders of magnitude), so it is a headline number only from >= 3 sizes; the section still gives it.
     n_sizes_ok = len(Ns) >= MIN_NS_SIZES_FOR_ALPHA_N
     if n_sizes_ok:
-        rep.exponent("α_N (eq 1.6)", "L(N, S_min) fit, batch-scan curves", p["alpha_N"], ci.get("alpha_N"),
-                     T3["alpha_N"], "Table 3", rng, notes + notes_n)
-    rep.exponent("α_S", "L(N, S_min) fit, batch-scan curves", p["alpha_S"], ci.get("alpha_S"), T3["alpha_S"], "Table 3",
-                 rng + " (paper S_min up to ~1e5)", notes + notes_s)
+        rep.exponent("α_N (eq 1.6, batch scan)", "L(N, S_min) fit, batch-scan curves", p["alpha_N"], ci.get("alpha_N"),
+                     T3["alpha_N"], "Table 3", rng, notes + notes_n, checks="α_N")
+    rep.exponent("α_S (batch scan)", "L(N, S_min) fit, batch-scan curves", p["alpha_S"], ci.get("alpha_S"), T3["alpha_S"], "Table 3",
+                 rng + " (paper S_min up to ~1e5)", notes + notes_s, checks="α_S")
     series = []
     for i, n in enumerate(Ns):
         m = N == n
@@ -81,6 +81,23 @@ def section_lns(rep: Report) -> list:
                f" With {len(Ns)} model sizes the N term's exponent rests on {len(Ns)} points, so α_N is not in the "
                f"exponent table (it needs >= {MIN_NS_SIZES_FOR_ALPHA_N} sizes; the ladder's α_N rows measure it)."),
             "", fig]
+
+
+def _bcrit_shape_text(shape: dict) -> str:
+    """Words for how B_crit(L) departs from one power law (scaling.analysis.bcrit.bcrit_shape)."""
+    parts = []
+    if shape.get("collapse") is not None:
+        parts.append(f"B_crit depends on L alone, as in the paper: at equal loss the model sizes' B_crit differ by a "
+                     f"median {shape['collapse']:.0%}")
+    hi, lo = shape.get("alpha_B_high_L"), shape.get("alpha_B_low_L")
+    if hi and lo:
+        text = f"fitted separately, α_B is {hi:.3f} above L = {shape['loss_split']:.3g} and {lo:.3f} below"
+        if lo < 0.75 * hi:
+            text += (": B_crit steepens as the loss falls, so one power law does not span the range (a possible "
+                     "cause, not measured here: every batch size trains at one constant LR, which may hold the "
+                     "small batches back at low loss)")
+        parts.append(text)
+    return "; ".join(parts)
 
 
 def section_bcrit(rep: Report) -> list:
@@ -105,10 +122,18 @@ def section_bcrit(rep: Report) -> list:
         notes.append(f"{unbracketed} of {len(per)} targets are not bracketed by the scanned batches (bounds only)")
     models = b.get("models") or []
     rng = f"{b.get('n_runs', '?')} batch-scan runs, models {', '.join(map(str, models)) or '?'}; losses {value_range(Lt)}"
+    shape = _bcrit_shape_text(bcrit.bcrit_shape(per))
     rep.exponent("α_B", "B_crit(L) = B*/L^(1/α_B), batch scan", b["alpha_B"], ci.get("alpha_B"), T5["alpha_B"],
-                 "Table 5 / eq 5.3", rng, notes + notes_a)
-    rep.exponent("B*", "B_crit constant (tokens)", b["B_star"], ci.get("B_star"), T5["B_star"], "Table 5",
-                 "loss scale depends on vocabulary: B* is not comparable across tokenizers", [])
+                 "Table 5 / eq 5.3", rng + (f"; {shape}" if shape else ""), notes + notes_a)
+    pivot = b.get("pivot") or {}
+    b_star_what = "loss scale depends on vocabulary: B* is not comparable across tokenizers"
+    if rt.positive(pivot.get("loss")) and rt.positive(pivot.get("B_crit")):
+        rep.scale_constant("B*", "B_crit constant (tokens)", b["B_star"], ci.get("B_star"), T5["B_star"], "Table 5",
+                           b_star_what, (f"B_crit(L = {pivot['loss']:.3g}) in tokens", pivot["B_crit"],
+                                         pivot.get("ci95")))
+    else:   # a bcrit.json written before the pivot was recorded
+        rep.exponent("B*", "B_crit constant (tokens)", b["B_star"], ci.get("B_star"), T5["B_star"], "Table 5",
+                     b_star_what + "; no B_crit at the targets in bcrit.json (rerun experiments.noise_scale)", [])
     series = []
     if per:
         lo = np.array([t.get("B_crit_lo") if rt.positive(t.get("B_crit_lo")) else t["B_crit"] for t in per])
@@ -133,7 +158,8 @@ def section_bcrit(rep: Report) -> list:
              f"B_crit(L) = B*/L^(1/α_B): α_B = {rt.format_ci(b['alpha_B'], ci.get('alpha_B'), '{:.3f}')}, "
              f"B* = {rt.format_ci(b['B_star'], ci.get('B_star'), '{:.3g}')} tokens"
              + (f", R² (log) {q['r2_log']:.3f}" if q else "")
-             + f" (paper: α_B = {T5['alpha_B']}, B* = {T5['B_star']:.1e} tokens).{notes_text(notes + notes_a)}"]
+             + f" (paper: α_B = {T5['alpha_B']}, B* = {T5['B_star']:.1e} tokens).{notes_text(notes + notes_a)}"
+             + (f" Shape: {shape}." if shape else "")]
     if bs:
         ratio = np.median([x["b_simple"] / formulas.critical_batch(x["loss"], b["B_star"], b["alpha_B"]) for x in bs])
         lines.append(f"B_simple at the same loss is a median {ratio:.2g}× our B_crit fit ({len(bs)} points; the paper "

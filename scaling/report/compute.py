@@ -146,9 +146,10 @@ def _derived_frontier(rep: Report) -> list:
                                           ci95=ci, inputs=dict(alpha_N=a_n, alpha_S=a_s, alpha_B=a_b),
                                           notes=notes, convention=dict(C="C_min (B << B_crit)")))
     rep.exponent("p_N (derived)", "N_opt ∝ C_min^p_N from α_N, α_S, α_B (eqs B.7-B.10)", central["p_N"],
-                 ci.get("p_N"), T6["p_N"], "Table 6", "small-model exponents: a shallow α_N makes p_N large", notes)
+                 ci.get("p_N"), T6["p_N"], "Table 6", "small-model exponents: a shallow α_N makes p_N large", notes,
+                 checks="p_N")
     rep.exponent("α_C^min (derived)", "1/(1/α_S + 1/α_B + 1/α_N)", central["alpha_C_min"], ci.get("alpha_C_min"),
-                 T5["alpha_C_min"], "Table 5", "from this sweep's exponents")
+                 T5["alpha_C_min"], "Table 5", "from this sweep's exponents", checks="α_C^min")
     fmt_ci = lambda k: rt.format_ci(central[k], ci.get(k), "{:.3f}")
     return [f"- **Frontier from the fitted exponents** (Kaplan §6.1, eqs B.7-B.10; α_N = {a_n:.4f}, α_S = {a_s:.3f}, "
             f"α_B = {a_b:.3f} from this sweep): α_C^min = {fmt_ci('alpha_C_min')}, N_opt ∝ C_min^{fmt_ci('p_N')}, "

@@ -77,9 +77,24 @@ class Report:
         self.fits.append(name)
         return f"fits/{name}.json"
 
-    def exponent(self, symbol, what, value, ci, paper, paper_src, differs, notes=()):
+    def exponent(self, symbol, what, value, ci, paper, paper_src, differs, notes=(), checks=None):
+        """A row of the exponent table. Each of the paper's quantities has one headline row, from the fit that
+        identifies it best; a row with `checks` (the headline's symbol) is another fit of that quantity and goes
+        to the cross-check table, unless the sweep has no headline row for it."""
         self.exponents.append(dict(symbol=symbol, what=what, value=value, ci=ci, paper=paper, paper_src=paper_src,
-                                   differs=differs, notes=list(notes)))
+                                   differs=differs, notes=list(notes), checks=checks))
+
+    def scale_constant(self, symbol, what, value, ci, paper, paper_src, differs, pivot):
+        """A law's scale constant (N_c, B*): the fitted line's value at 1 nat/token, far outside the data, so its
+        interval is the exponent's amplified by the extrapolation (ln N_c = ln N + ln L/α_N) and says nothing the
+        exponent's row does not. What the data fix is the line inside its range: `pivot` = (label, value,
+        [lo, hi]) at the data's geometric centre. The row is flagged when that interval is wide, not N_c's."""
+        label, p_value, p_ci = pivot
+        p_ci = list(p_ci) if p_ci is not None else [float("nan")] * 2
+        text = (f"{differs}; {symbol} is where the fitted line meets 1 nat/token, outside the data, so its interval "
+                f"is the exponent's amplified by the extrapolation; inside the data the fit pins {label} = "
+                f"{rt.format_ci(p_value, p_ci, '{:.4g}')}")
+        self.exponent(symbol, what, value, ci, paper, paper_src, text, rt.ci_notes(label, p_value, *p_ci))
 
     def power_fit(self, name: str, law: str, x, y, x_label: str, extra: dict | None = None):
         """Single power law (kaplan_n/d/c) with bootstrap CI and quality; written to fits/<name>.json."""
@@ -158,16 +173,33 @@ def data_tag(rep: Report) -> str:
     return ", ".join(parts) + "; "
 
 
-def exponent_table(rep: Report) -> list:
-    if not rep.exponents:
-        return ["*No exponent could be fitted from this sweep (see the sections below).*"]
+def _exponent_rows(rep: Report, rows: list) -> list:
     out = ["| quantity | fit | ours (95% CI) | paper | what differs in our set-up | caveats |",
            "|---|---|---|---|---|---|"]
     tag = data_tag(rep)
-    for e in rep.exponents:
+    for e in rows:
         fmt = "{:.3g}" if abs(e["value"]) >= 100 or abs(e["value"]) < 1e-2 else "{:.4f}"
         out.append(f"| {e['symbol']} | {e['what']} | {rt.format_ci(e['value'], e['ci'], fmt)} | "
                    f"{'–' if e['paper'] is None else format(e['paper'], 'g')} ({e['paper_src']}) | {tag}{e['differs']} | {'; '.join(e['notes']) or 'none'} |")
+    return out
+
+
+def exponent_table(rep: Report) -> list:
+    """The headline table (one row per quantity of the paper), then the cross-checks: the other fits of the same
+    quantities in this sweep, each with its own caveats, so a reader sees how far the headline values agree."""
+    if not rep.exponents:
+        return ["*No exponent could be fitted from this sweep (see the sections below).*"]
+    symbols = {e["symbol"] for e in rep.exponents if not e.get("checks")}
+    is_check = [bool(e.get("checks")) and e["checks"] in symbols for e in rep.exponents]
+    headline = [e for e, c in zip(rep.exponents, is_check) if not c]
+    checks = [e for e, c in zip(rep.exponents, is_check) if c]
+    out = _exponent_rows(rep, headline) if headline else ["*No headline fit in this sweep (see the cross-checks).*"]
+    if checks:
+        out += ["", "### Cross-checks: other fits of the same quantities", "",
+                "Each quantity above comes from the fit that identifies it best in this sweep. These are the other fits "
+                "of the same quantities (other groups, other forms of the law, or values derived from other "
+                "exponents); where one is flagged or disagrees with its headline row, that bounds how far the "
+                "headline can be trusted.", "", *_exponent_rows(rep, checks)]
     return out
 
 

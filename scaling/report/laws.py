@@ -124,7 +124,12 @@ def section_ln_converged(rep: Report) -> list:
                      f"E = {rt.format_ci(floor['params']['E'], floor['ci95'].get('E'), '{:.3f}')} nats; "
                      + ("no floor detected: E's interval reaches 0, so this is eq 1.1 again"
                         if _no_floor(floor) else "Kaplan's losses sit far above the floor, these tiny models near it"),
-                     floor["notes"])
+                     floor["notes"], checks="α_N")
+    n_pivot = float(np.exp(np.mean(np.log(N))))
+    l_pivot, l_lo, l_hi = (float(v[0]) for v in predict({"N": np.array([n_pivot])}))
+    rep.scale_constant("N_c", "L(N) constant, converged losses", rec["params"]["N_c"], rec["ci95"].get("N_c"),
+                       T5["N_c"], "Table 5", "loss scale depends on tokenizer/vocabulary and corpus: not comparable "
+                       "across data sets", (f"L(N = {n_pivot:.3g})", l_pivot, [l_lo, l_hi]))
     rep.setup["ln_converged"].update(alpha_N=a, alpha_N_ci=ci, N_c=rec["params"]["N_c"])
     rep.exponent("α_S", "step term of eq 1.6, fitted to all ladder curves", sep.alpha_s, alpha_s_ci, T3["alpha_S"],
                  "Table 3", "S_min from this sweep's B_crit(L)" if sep.bcrit_used else "S, not S_min (no B_crit(L))")
@@ -183,10 +188,8 @@ def section_ln(rep: Report) -> list:
     steps = value_range([r.get("steps") for r in rows], ".0f")
     rep.exponent("α_N (final losses)", "L(N) = (N_c/N)^α_N, ladder, best eval loss (not converged)", a, ci,
                  T5["alpha_N"], "Table 5",
-                 f"N = {value_range(N)} (paper 7e2–1.5e9), {steps} steps each, not trained to convergence", notes)
-    rep.exponent("N_c", "L(N) constant", rec["params"]["N_c"], rec["ci95"].get("N_c"), T5["N_c"], "Table 5",
-                 "loss scale depends on tokenizer/vocabulary and corpus: not comparable across data sets",
-                 param_ci_notes("N_c", rec["params"], rec["ci95"], "N_c"))
+                 f"N = {value_range(N)} (paper 7e2–1.5e9), {steps} steps each, not trained to convergence", notes,
+                 checks="α_N")
     lines = [f"Ladder: {len(rows)} runs, N = {value_range(N)} non-embedding parameters, loss = best eval loss "
              f"(nats/token).", "",
              f"- **Non-embedding N**: α_N = {rt.format_ci(a, ci, '{:.4f}')}, N_c = {fmt(rec['params']['N_c'])}; "
@@ -246,7 +249,8 @@ def _fixed_s_fit(rep: Report, rows, N, L, series: list) -> list:
     rep.exponent("α_N (eq 1.6, fixed S)", "L(N) = (N_c/N)^α_N + L_S, ladder at one step count", p["alpha_N"],
                  ci.get("alpha_N"), T3["alpha_N"], "Table 3",
                  f"N = {value_range(N)}, {len(rows)} rungs, all {n_steps:.0f} steps; L_S absorbs the shared "
-                 "(S_c/S)^α_S, so α_N here is the converged-model exponent, not eq 1.1's fixed-S slope", notes)
+                 "(S_c/S)^α_S, so α_N here is the converged-model exponent, not eq 1.1's fixed-S slope", notes,
+                 checks="α_N")
     g = log_grid(N)
     pred, lo, hi = fit.predict(dict(N=g))
     series.append(dict(x=g, y=pred, kind="line", color="tab:blue", label="eq 1.6 at fixed S (ours)"))
@@ -341,9 +345,9 @@ def section_lnd(rep: Report) -> list:
                                    runs=[str(x[0]["run"]) for x in pts]))
     rng = f"N = {value_range(N)}, D = {value_range(D)} tokens; {len(pts)} runs (paper: N up to 1.5e9, D 2.2e7–2.3e10)"
     rep.exponent("α_N (eq 1.5)", "L(N, D) fit, data group", p["alpha_N"], ci.get("alpha_N"), T2["alpha_N"], "Table 2",
-                 rng, notes + notes_n)
+                 rng, notes + notes_n, checks="α_N")
     rep.exponent("α_D (eq 1.5)", "L(N, D) fit, data group", p["alpha_D"], ci.get("alpha_D"), T2["alpha_D"], "Table 2",
-                 rng, notes + notes_d)
+                 rng, notes + notes_d, checks="α_D")
     ratio = p["alpha_N"] / p["alpha_D"]
     cmap_i = lambda d: Ds.index(d) / max(len(Ds) - 1, 1)
     left = []

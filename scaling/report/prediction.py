@@ -52,6 +52,15 @@ def section_prediction(rep: Report) -> list:
     lines.append(f"**Measured** ({measure.replace('_', ' ')}): {measured:.4f}{final_text}. **Error** measured − predicted = "
                  f"{err:+.4f} nats/token ({100 * err / pred:+.2f}%); the measurement is "
                  f"**{'inside' if inside else 'outside'}** the 95% CI.")
+    checks = p.get("backtests") or []
+    if checks:
+        b_lo, b_hi = p.get("bootstrap_lo"), p.get("bootstrap_hi")
+        lines.append(f"- The interval is the rung bootstrap's ({_interval_text(b_lo, b_hi)}; measured "
+                     f"{'inside' if _inside(measured, b_lo, b_hi) else 'outside'} it) widened by the error of the same "
+                     "method on the ladder's own largest rungs, each predicted at the holdout's steps from the rungs "
+                     "below it (added in quadrature, 1.96 × RMS): "
+                     + "; ".join(f"`{c['run']}` from {c['fit_runs']} rungs {c['predicted']:.4f} vs {c['measured']:.4f} "
+                                 f"({100 * c['error'] / c['measured']:+.2f}%)" for c in checks) + ".")
     for law, alt in (p.get("alternatives") or {}).items():
         a_pred, a_lo, a_hi = (alt.get(k) for k in ("loss_pred", "loss_pred_lo", "loss_pred_hi"))
         if not rt.positive(a_pred):

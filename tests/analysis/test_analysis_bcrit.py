@@ -88,6 +88,25 @@ def test_grouped_bootstrap_resamples_whole_runs():
     assert sum(covered) >= 10, covered   # measured on 40 scans: 100% (α_B), 97.5% (B*)
 
 
+def test_pivot_b_crit_is_pinned_where_b_star_is_not():
+    """B* is B_crit at L = 1 nat, far below the targets (3.2-4.4): its interval is α_B's, amplified by the
+    extrapolation. B_crit at the targets' geometric mean (the pivot) is what the scan measures: the fit's own
+    value there, an interval that covers the truth and is much narrower (in hi/lo) than B*'s."""
+    covered = []
+    for seed in range(8):
+        target, B, S, runs = grouped_scan(seed=200 + seed)
+        fit = bcrit.fit_scans([bcrit.scan_from_rows(target, B, S, runs)], n_boot=200, seed=seed)
+        pivot = fit["pivot"]
+        assert pivot["loss"] == pytest.approx(np.exp(np.mean(np.log(TARGETS))), rel=1e-12)
+        assert pivot["B_crit"] == pytest.approx(laws.critical_batch(pivot["loss"], fit["B_star"], fit["alpha_B"]),
+                                                rel=1e-9)
+        lo, hi = pivot["ci95"]
+        covered.append(lo < laws.critical_batch(pivot["loss"], B_STAR, ALPHA_B) < hi)
+        b_lo, b_hi = fit["ci95"]["B_star"]
+        assert np.log(hi / lo) < 0.6 * np.log(b_hi / b_lo)   # measured: 0.35-0.44x on these scans
+    assert sum(covered) >= 6, covered
+
+
 def test_a_run_at_two_batch_sizes_is_refused():
     with pytest.raises(fitting.FitError, match="one run is one batch size"):
         bcrit.scan_from_rows([3.0, 3.5], [1024.0, 2048.0], [10.0, 20.0], ["r0", "r0"])
@@ -106,3 +125,23 @@ def test_steps_to_target_interpolates_running_minimum():
 def test_bcrit_law_refuses_rising_batch():
     with pytest.raises(fitting.FitError, match="does not fall"):
         bcrit.fit_bcrit_law([3.0, 4.0, 5.0], [1e5, 2e5, 3e5])
+
+
+def test_bcrit_shape_sees_a_collapse_and_a_steepening():
+    """Two model sizes on one power law: they collapse (ratio ~0) and both halves give the same α_B. A B_crit
+    that steepens towards low loss (B*/(L - 2)^(1/α_B)) gives a smaller α_B on the low-loss half; a model whose
+    B_crit is 2x the other's at equal L does not collapse."""
+    def points(model, losses, fn):
+        return [dict(model=model, target_loss=float(l), B_crit=float(fn(l))) for l in losses]
+    law = lambda l: laws.critical_batch(l, B_STAR, ALPHA_B)  # noqa: E731
+    clean = bcrit.bcrit_shape(points("a", np.linspace(3.5, 4.5, 15), law) + points("b", np.linspace(3.0, 4.0, 15), law))
+    assert clean["collapse"] == pytest.approx(0.0, abs=1e-3)
+    assert clean["alpha_B_high_L"] == pytest.approx(ALPHA_B, rel=1e-3)
+    assert clean["alpha_B_low_L"] == pytest.approx(ALPHA_B, rel=1e-3)
+    steep = lambda l: 1e6 / (l - 2.0) ** (1 / ALPHA_B)  # noqa: E731
+    bent = bcrit.bcrit_shape(points("a", np.linspace(3.0, 4.5, 20), steep))
+    assert bent["collapse"] is None
+    assert bent["alpha_B_low_L"] < 0.7 * bent["alpha_B_high_L"]
+    apart = bcrit.bcrit_shape(points("a", np.linspace(3.5, 4.5, 15), law)
+                              + points("b", np.linspace(3.0, 4.0, 15), lambda l: 2 * law(l)))
+    assert apart["collapse"] == pytest.approx(1.0, rel=1e-6)

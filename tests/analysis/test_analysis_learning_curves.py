@@ -115,3 +115,44 @@ def test_floor_power_law_fit_on_a_pure_power_law_finds_no_floor():
     assert fit["params"]["alpha_N"] == pytest.approx(0.076, rel=0.05)
     with pytest.raises(Exception, match=">= 4 points"):
         lc.floor_power_law_fit(n[:3], loss[:3])
+
+
+def test_backtests_are_exact_on_an_exact_law_and_catch_a_misspecified_one():
+    """On curves that follow eq 1.6 exactly, predicting each of the largest rungs from the smaller ones at the
+    target step is exact (the interval is then the bootstrap's). Curves whose L∞ bend away from a power law
+    (a floor E) make the method miss one step up in N: the backtests see it, and the widened interval covers a
+    larger model that the rung bootstrap's interval misses."""
+    curves = synthetic(NS, lambda n: 3000)
+    checks = lc.backtests(curves, 1200, start_fraction=0.0)
+    assert [c["run"] for c in checks] == ["r100000", "r190000", "r330000"]
+    for c in checks:
+        assert c["fit_runs"] == NS.index(c["n_params"]) and c["measured"] == pytest.approx(
+            (N_C / c["n_params"]) ** ALPHA_N + (S_C / 1200) ** ALPHA_S, rel=1e-12)
+        assert abs(c["error"]) < 1e-4
+
+    def floored(ns):   # L∞ = 2.5 + (2e4/N)^0.35: a floor, so a pure power law through the L∞ undershoots larger N
+        return [dataclasses.replace(c, loss=c.loss - (N_C / c.n_params) ** ALPHA_N + 2.5 + (2e4 / c.n_params) ** 0.35)
+                for c in synthetic(ns, lambda n: 3000, noise=0.001, seed=4)]
+    curves = floored(NS)
+    target = 7.9e5
+    truth = lc.loss_at_step(floored([target])[0], 1200)
+    out = lc.predict_final_loss(curves, target, 1200, 1024.0, start_fraction=0.0, n_boot=60, seed=1)
+    assert len(out["backtests"]) == 3 and all(c["error"] < -0.05 for c in out["backtests"])   # measured -0.11..-0.15
+    assert not out["bootstrap_lo"] < truth < out["bootstrap_hi"]
+    assert out["loss_pred_lo"] < truth < out["loss_pred_hi"]
+    assert out["loss_pred_lo"] < out["bootstrap_lo"] and out["loss_pred_hi"] > out["bootstrap_hi"]
+
+
+def test_predictive_interval_adds_the_backtest_error_in_quadrature():
+    lo, hi = lc.predictive_interval(4.0, 3.97, 4.04, [0.03, -0.04])
+    model = 1.96 * np.sqrt((0.03 ** 2 + 0.04 ** 2) / 2)
+    assert lo == pytest.approx(4.0 - np.hypot(0.03, model)) and hi == pytest.approx(4.0 + np.hypot(0.04, model))
+    assert lc.predictive_interval(4.0, 3.97, 4.04, []) == (3.97, 4.04)
+    assert lc.predictive_interval(4.0, None, None, [0.1]) == (None, None)
+
+
+def test_loss_at_step_interpolates_and_refuses_outside():
+    c = lc.Curve("r", 1e4, np.array([100.0, 200.0, 400.0]), np.array([5.0, 4.0, 3.5]), 1024.0)
+    assert lc.loss_at_step(c, 200) == pytest.approx(4.0)
+    assert lc.loss_at_step(c, np.sqrt(200 * 400)) == pytest.approx(np.sqrt(4.0 * 3.5))
+    assert lc.loss_at_step(c, 50) is None and lc.loss_at_step(c, 500) is None

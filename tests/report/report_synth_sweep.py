@@ -138,6 +138,9 @@ def noise_files(root):
                  b_simple_vs_loss=[dict(run="bs0", loss=float(t), b_simple=0.5 * float(b), lo=0.4 * float(b),
                                         hi=0.6 * float(b)) for t, b in zip(targets, bc)],
                  paper=dict(B_star=2.1e8, alpha_B=0.21))
+    l_pivot = float(np.exp(np.mean(np.log(targets))))
+    b_pivot = float(laws.critical_batch(l_pivot, 2.1e8, 0.21))
+    bcrit["pivot"] = dict(loss=l_pivot, B_crit=b_pivot, ci95=[0.9 * b_pivot, 1.1 * b_pivot])
     with open(os.path.join(root, "noise", "bcrit.json"), "w") as f:
         json.dump(bcrit, f)
 

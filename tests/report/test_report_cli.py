@@ -93,6 +93,34 @@ def test_report_exponent_table_lists_ours_beside_the_papers(full):
     assert "vocabulary 4096, n_ctx 128" in text  # the set-up paragraph names what differs from WebText2
 
 
+def test_headline_table_has_one_row_per_quantity_and_the_other_fits_are_cross_checks(full):
+    """One headline row per quantity (the fit that identifies it best); the other fits of the same quantity
+    (final losses, eq 1.5, derived frontier exponents) are in the cross-check table below it, with their caveats."""
+    table = section(full[3], "Exponents")
+    head, checks = table.split("### Cross-checks", 1)
+    symbol = lambda ln: ln.split("|")[1].strip()  # noqa: E731
+    rows = lambda part: [ln for ln in part.splitlines() if ln.startswith("| ") and not ln.startswith("| quantity")]  # noqa: E731
+    head_symbols = [symbol(ln) for ln in rows(head)]
+    assert len(head_symbols) == len(set(head_symbols)), head_symbols
+    assert {"α_N", "N_c", "α_S", "α_D", "α_B", "B*"} <= set(head_symbols)
+    check_symbols = {symbol(ln) for ln in rows(checks)}
+    assert {"α_N (final losses)", "α_D (eq 1.5)", "α_N (eq 1.5)", "p_N (derived)"} <= check_symbols
+    assert not check_symbols & set(head_symbols)
+
+
+def test_scale_constants_are_judged_by_the_line_inside_the_data(full):
+    """N_c is the converged fit's, where the line meets 1 nat: its interval is α_N's amplified, so the row gives
+    the loss the fit pins at the ladder's geometric-mean N and flags only that interval when it is wide."""
+    root, _, _, text = full
+    n_c = next(ln for ln in section(text, "Exponents").splitlines() if ln.startswith("| N_c |"))
+    record = fit(root, "kaplan_n")
+    assert f"{record['params']['N_c']:.3g}" in n_c
+    assert "inside the data the fit pins L(N = " in n_c
+    assert "wide CI for N_c" not in n_c
+    b_star = next(ln for ln in section(text, "Exponents").splitlines() if ln.startswith("| B* |"))
+    assert "inside the data the fit pins B_crit(L = " in b_star
+
+
 def test_report_prediction_section_states_the_error(full):
     root, rows, _, text = full
     holdout = next(r for r in rows if r["run"] == "holdout_big")

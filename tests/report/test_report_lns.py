@@ -18,6 +18,6 @@ def test_alpha_n_of_eq_1_6_needs_three_sizes_for_the_exponent_table(tmp_path, mo
     rep = Report(SweepResults.load(root), n_boot=10, seed=0)
     text = "\n".join(section_lns(rep))
     symbols = [e["symbol"] for e in rep.exponents]
-    assert "α_S" in symbols and "Eq. 1.6: α_N = " in text        # the fit itself is always reported
-    assert ("α_N (eq 1.6)" in symbols) == (len(sizes) >= 3)
+    assert "α_S (batch scan)" in symbols and "Eq. 1.6: α_N = " in text        # the fit itself is always reported
+    assert ("α_N (eq 1.6, batch scan)" in symbols) == (len(sizes) >= 3)
     assert ("so α_N is not in the exponent table" in text) == (len(sizes) < 3)
