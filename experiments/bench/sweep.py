@@ -48,7 +48,7 @@ Sweep.base_gin_params = {
     'TrainConfig.batch_size': 8, 'TrainConfig.num_steps': 800, 'TrainConfig.warmup_steps': 50,
     'TrainConfig.microbatches': 4, 'TrainConfig.log_every': 10, 'TrainConfig.eval_every': 100,
     'TrainConfig.checkpoint_every': 400, 'TrainConfig.keep_checkpoints': 1,
-    'DataConfig.eval_tokens': 32768, 'TrainConfig.eval_batch_size': 128, 'TrainConfig.extra_eval_final_only': True,
+    'DataConfig.eval_tokens': 32768, 'TrainConfig.eval_batch_size': 16, 'TrainConfig.extra_eval_final_only': True,
     'DataConfig.position_eval_windows': 4096,
 }
 Sweep.blocks = [

@@ -179,26 +179,32 @@ def power_law_fit(n, l_inf) -> tuple[float, float]:
 
 def _floor_fit_weighted(x, y, w) -> tuple[float, float, float]:
     """(E, N_c, α) minimising Σ w·(log L − log(E + (N_c/N)^α))²: a profile over E (for each E, log(L − E) is
-    linear in log N), then a joint polish of the three parameters from the best profile point."""
+    linear in log N: one weighted line per grid value, all solved together), then a joint Gauss-Newton polish
+    of the three parameters from the best profile point (scipy least_squares on the weighted log residuals)."""
     lx, ly = np.log(x), np.log(y)
+    sw = np.sqrt(w)
 
-    def line(e):
-        slope, icpt = np.polyfit(lx, np.log(y - e), 1, w=np.sqrt(w))
-        return -slope, icpt
-
-    def sse(theta):
+    def residuals(theta):
         e, alpha, icpt = theta
-        pred = e + np.exp(icpt - alpha * lx)
-        return float(np.sum(w * (ly - np.log(np.maximum(pred, 1e-300))) ** 2))
+        return sw * (ly - np.log(np.maximum(e + np.exp(icpt - alpha * lx), 1e-300)))
 
+    # Profile: for every E on the grid the weighted least-squares line of log(L − E) on log N, in closed form.
     e_grid = y.min() * np.linspace(0.0, 0.995, 200)
-    profile = [sse((e, *line(e))) for e in e_grid]
-    e0 = float(e_grid[int(np.argmin(profile))])
-    res = scipy.optimize.minimize(sse, (e0, *line(e0)), method="Nelder-Mead",
-                                  options=dict(xatol=1e-10, fatol=1e-16, maxiter=20000))
+    lz = np.log(y[None, :] - e_grid[:, None])                            # (grid, n)
+    wsum = w.sum()
+    mx = (w * lx).sum() / wsum
+    mz = (lz * w).sum(axis=1) / wsum
+    slope = ((lz - mz[:, None]) * (w * (lx - mx))).sum(axis=1) / (w * (lx - mx) ** 2).sum()
+    icpts = mz - slope * mx
+    pred = e_grid[:, None] + np.exp(icpts[:, None] + slope[:, None] * lx[None, :])
+    profile = (w * (ly[None, :] - np.log(np.maximum(pred, 1e-300))) ** 2).sum(axis=1)
+    i = int(np.argmin(profile))
+    e0, alpha0, icpt0 = float(e_grid[i]), -float(slope[i]), float(icpts[i])
+    res = scipy.optimize.least_squares(residuals, (e0, alpha0, icpt0), method="lm", xtol=1e-12, ftol=1e-14,
+                                       gtol=1e-14, max_nfev=2000)
     e, alpha, icpt = (float(v) for v in res.x)
-    if not (0.0 <= e < y.min()) or alpha <= 0:   # the polish left the valid region: keep the profile optimum
-        e, (alpha, icpt) = e0, line(e0)
+    if not (0.0 <= e < y.min()) or alpha <= 0 or not res.success:   # the polish left the valid region
+        e, alpha, icpt = e0, alpha0, icpt0
     return e, float(math.exp(icpt / alpha)), float(alpha)
 
 

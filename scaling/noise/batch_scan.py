@@ -134,7 +134,7 @@ def fit_scan(runs: list[ScanRun], n_targets: int = 30, n_boot: int = 200, seed: 
                                 S=steps_matrix(group, targets)))
     fit = bcrit.fit_scans(scans, n_boot=n_boot, seed=seed, level=level)
     return {
-        **{k: fit[k] for k in ("B_star", "alpha_B", "ci95", "n_boot", "n_boot_valid", "level", "per_target")},
+        **{k: fit[k] for k in ("B_star", "alpha_B", "ci95", "pivot", "n_boot", "n_boot_valid", "level", "per_target")},
         "n_runs": len(runs), "models": sorted({r.model for r in runs}),
         "skipped_models": skipped, "not_reached": fit["not_reached"],
         "bracketed_fraction": float(np.mean([p["bracketed"] for p in fit["per_target"]])),
