@@ -129,7 +129,7 @@ def test_bcrit_law_refuses_rising_batch():
 
 def test_bcrit_shape_sees_a_collapse_and_a_steepening():
     """Two model sizes on one power law: they collapse (ratio ~0) and both halves give the same α_B. A B_crit
-    that steepens towards low loss (B*/(L - 2)^(1/α_B)) gives a smaller α_B on the low-loss half; a model whose
+    that steepens towards low loss (B*/(L - 2.7)^(1/α_B)) gives a smaller α_B on the low-loss half; a model whose
     B_crit is 2x the other's at equal L does not collapse."""
     def points(model, losses, fn):
         return [dict(model=model, target_loss=float(l), B_crit=float(fn(l))) for l in losses]
@@ -138,7 +138,7 @@ def test_bcrit_shape_sees_a_collapse_and_a_steepening():
     assert clean["collapse"] == pytest.approx(0.0, abs=1e-3)
     assert clean["alpha_B_high_L"] == pytest.approx(ALPHA_B, rel=1e-3)
     assert clean["alpha_B_low_L"] == pytest.approx(ALPHA_B, rel=1e-3)
-    steep = lambda l: 1e6 / (l - 2.0) ** (1 / ALPHA_B)  # noqa: E731
+    steep = lambda l: 1e6 / (l - 2.7) ** (1 / ALPHA_B)  # noqa: E731
     bent = bcrit.bcrit_shape(points("a", np.linspace(3.0, 4.5, 20), steep))
     assert bent["collapse"] is None
     assert bent["alpha_B_low_L"] < 0.7 * bent["alpha_B_high_L"]
