@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from scaling.analysis import fitting
+from scaling.analysis import fitting, report_tables
 from scaling.core.formulas import critical_batch  # noqa: F401  (B_crit(L) = B*/L^(1/α_B), Kaplan eq 5.3)
 
 
@@ -232,8 +232,6 @@ def fit_scans(scans: list, n_boot: int = 200, seed: int = 0, level: float = 0.95
             "per_target": per_target, "not_reached": not_reached}
 
 
-
-
 def bcrit_shape(per_target: list) -> dict:
     """How B_crit(L) departs from one power law, from the per-target points of `fit_scans`.
 
@@ -253,11 +251,10 @@ def bcrit_shape(per_target: list) -> dict:
         for b in models[i + 1:]:
             la, ba = (np.array(v) for v in zip(*sorted(by_model[a])))
             lb, bb = (np.array(v) for v in zip(*sorted(by_model[b])))
-            shared = lb[(lb >= la.min()) & (lb <= la.max())]
-            if len(shared):
-                at_a = np.exp(np.interp(np.log(shared), np.log(la), np.log(ba)))
-                at_b = bb[(lb >= la.min()) & (lb <= la.max())]
-                ratios.append(float(np.median(np.abs(np.log(at_b / at_a)))))
+            inside = (lb >= la.min()) & (lb <= la.max())     # b's losses that a's scan also covers
+            if inside.any():
+                at_a = report_tables.interp_loglog(la, ba, lb[inside])
+                ratios.append(float(np.median(np.abs(np.log(bb[inside] / at_a)))))
     L = np.array([l for v in by_model.values() for l, _ in v])
     B = np.array([b for v in by_model.values() for _, b in v])
     out = {"collapse": float(np.expm1(np.median(ratios))) if ratios else None,

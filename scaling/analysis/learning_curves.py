@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 import numpy as np
 import scipy.optimize
 
-from scaling.analysis import fitting
+from scaling.analysis import fitting, report_tables
 from scaling.analysis.io import InputError
 
 
@@ -299,11 +299,10 @@ def predict_final_loss(curves: Sequence[Curve], target_n: float, target_steps: f
 def loss_at_step(curve: Curve, step: float) -> float | None:
     """A curve's eval loss at optimizer step `step` (log-log interpolation between the evals around it), or None
     outside the evaluated steps."""
-    order = np.argsort(curve.steps)
-    steps, loss = curve.steps[order], curve.loss[order]
-    if not len(steps) or step < steps[0] * (1 - 1e-9) or step > steps[-1] * (1 + 1e-9):
+    if not len(curve.steps):
         return None
-    return float(np.exp(np.interp(np.log(step), np.log(steps), np.log(loss))))
+    value = float(report_tables.interp_loglog(curve.steps, curve.loss, [step])[0])
+    return value if math.isfinite(value) else None
 
 
 def backtests(curves: Sequence[Curve], target_steps: float, *, b_crit: Callable | None = None,
@@ -332,9 +331,7 @@ def backtests(curves: Sequence[Curve], target_steps: float, *, b_crit: Callable 
 def predictive_interval(pred: float, boot_lo, boot_hi, errors: Sequence[float], z: float = 1.96):
     """The rung bootstrap's 95 % interval widened by the backtests' error: each side's half-width and
     z × RMS(backtest errors) added in quadrature. Without backtests, the bootstrap interval as it is."""
-    if boot_lo is None or boot_hi is None:
-        return boot_lo, boot_hi
-    if not len(errors):
+    if boot_lo is None or boot_hi is None or not len(errors):
         return boot_lo, boot_hi
     model = z * float(np.sqrt(np.mean(np.square(errors))))
     return (float(pred - math.hypot(pred - boot_lo, model)), float(pred + math.hypot(boot_hi - pred, model)))
