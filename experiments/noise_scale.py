@@ -38,6 +38,8 @@ _BOOTSTRAP = flags.DEFINE_integer("bootstrap", 500, "Bootstrap replicates (noise
 _TARGETS = flags.DEFINE_integer("targets", 30, "Target losses per model size in the batch scan.")
 _SKIP = flags.DEFINE_integer("skip_steps", None, "Steps dropped at the start (default: the run's warmup).")
 _SEED = flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
+_REANALYSE = flags.DEFINE_bool("reanalyse", False, "With --root: analyse every run again, even one whose "
+                               "noise_scale.json is newer than its metrics and was made with the same options.")
 
 SCAN_GROUP = "batch_scan"
 
@@ -57,9 +59,36 @@ class Options:
                     seed=self.seed, skip_steps=self.skip_steps)
 
 
-def analyse_workdir(workdir: str, opts: Options) -> dict:
-    """Writes workdir/noise_scale.json + .png; returns the result."""
+def previous_analysis(workdir: str, opts: Options) -> dict | None:
+    """workdir/noise_scale.json when it is still valid: written after metrics.jsonl and summary.json last
+    changed, with the same analysis options (the analysis is deterministic, so it would come out the same)."""
+    path = os.path.join(workdir, "noise_scale.json")
+    if not os.path.exists(path):
+        return None
+    inputs = [os.path.join(workdir, f) for f in ("metrics.jsonl", "summary.json")]
+    if any(os.path.exists(f) and os.path.getmtime(f) > os.path.getmtime(path) for f in inputs):
+        return None
+    try:
+        with open(path) as f:
+            result = json.load(f)
+    except (OSError, ValueError):
+        return None  # unreadable: analyse again
+    return result if result.get("options") == fileio.json_safe(opts.offline_kwargs()) else None
+
+
+def analyse_workdir(workdir: str, opts: Options, reuse: bool = False) -> dict:
+    """Writes workdir/noise_scale.json + .png; returns the result.
+
+    reuse: keep a still-valid noise_scale.json (`previous_analysis`) instead of analysing again (what a sweep
+    root's second pass, e.g. `make reproduce` after its later groups, needs for the runs it already analysed).
+    """
+    if reuse:
+        result = previous_analysis(workdir, opts)
+        if result is not None:
+            print(f"[noise_scale] {result['run']}: unchanged since its analysis (noise_scale.json kept)", flush=True)
+            return result
     result = offline.analyse_run_dir(workdir, **opts.offline_kwargs())
+    result["options"] = opts.offline_kwargs()
     fileio.write_json_atomic(os.path.join(workdir, "noise_scale.json"), fileio.json_safe(result))
     plots.plot_run(result, os.path.join(workdir, "noise_scale.png"))
     o = result["overall"]
@@ -103,8 +132,11 @@ def _has_gns(workdir: str) -> bool:
     return os.path.exists(path) and offline.has_gns(offline.read_jsonl(path))
 
 
-def analyse_root(root: str, opts: Options) -> dict:
-    """Per-run noise_scale.json/png, then ROOT/noise/bcrit.json/png + smin_cmin.csv from group batch_scan."""
+def analyse_root(root: str, opts: Options, reanalyse: bool = False) -> dict:
+    """Per-run noise_scale.json/png, then ROOT/noise/bcrit.json/png + smin_cmin.csv from group batch_scan.
+
+    A run whose noise_scale.json is still valid (`previous_analysis`) is not analysed again unless `reanalyse`.
+    """
     runs = list_runs(root)
     with_gns = [r for r in runs if _has_gns(r["workdir"])]
     if not with_gns:
@@ -113,7 +145,7 @@ def analyse_root(root: str, opts: Options) -> dict:
     per_run = {}
     for r in with_gns:
         try:
-            per_run[r["name"]] = analyse_workdir(r["workdir"], opts)
+            per_run[r["name"]] = analyse_workdir(r["workdir"], opts, reuse=not reanalyse)
         except ValueError as e:  # e.g. every line inside the warmup
             print(f"[noise_scale] {r['name']}: skipped: {e}", flush=True)
     out = {"runs": sorted(per_run)}
@@ -168,7 +200,7 @@ def main(argv):
         fail("give exactly one of --root=ROOT (analyse a sweep) or --workdir=DIR (train with --gin_file, analyse)")
     try:
         if _ROOT.value:
-            analyse_root(_ROOT.value, opts)
+            analyse_root(_ROOT.value, opts, reanalyse=_REANALYSE.value)
         elif _GIN_FILE.value:
             train_and_analyse(_GIN_FILE.value, _GIN_PARAM.value, _WORKDIR.value, opts)
         else:  # an existing workdir, analysis only

@@ -45,6 +45,7 @@ class ScanRun:
     steps: np.ndarray           # evaluation points
     tokens: np.ndarray
     loss: np.ndarray            # eval_loss
+    learning_rate: float = math.nan  # peak LR (summary.json); runs of one batch at several LRs form an LR grid
 
     @property
     def best_loss(self) -> np.ndarray:
@@ -70,7 +71,8 @@ def load_scan_run(workdir: str, name: str | None = None, model: str | None = Non
                    steps=np.array([r["step"] for r in evals], dtype=np.float64),
                    tokens=np.array([r.get("tokens", r["step"] * summary["batch_tokens"]) for r in evals],
                                    dtype=np.float64),
-                   loss=np.array([r["eval_loss"] for r in evals], dtype=np.float64))
+                   loss=np.array([r["eval_loss"] for r in evals], dtype=np.float64),
+                   learning_rate=float(summary.get("learning_rate") or math.nan))
 
 
 def group_by_model(runs: list[ScanRun]) -> dict[str, list[ScanRun]]:
@@ -88,7 +90,8 @@ def choose_targets(runs: list[ScanRun], n_targets: int = 30, loss_range=None,
     """``n_targets`` log-spaced losses (highest first) that every run reaches after its first evaluation.
 
     The top is below every run's first evaluation (so each crossing is interpolated, not clamped) and
-    the bottom is the worst run's best loss. ``loss_range`` = (lo, hi) narrows the span. Only the lowest
+    the bottom is the worst batch size's best loss (with an LR grid, the best of that batch's LRs: a target
+    only its best LR reaches is still measured, `steps_by_batch`). ``loss_range`` = (lo, hi) narrows the span. Only the lowest
     ``target_fraction`` of that span (in log loss) is used: early in training (the unigram and bigram
     statistics) B_crit is nearly constant and eq 5.3 does not describe it (measured on the quick preset's
     scan: 700-900 tokens from 6.1 to 5.3 nats, then rising to 1,750 at 4.8; over the whole span
@@ -97,14 +100,18 @@ def choose_targets(runs: list[ScanRun], n_targets: int = 30, loss_range=None,
     if not 0.0 < target_fraction <= 1.0:
         raise ValueError(f"target_fraction must be in (0, 1], got {target_fraction}")
     hi = min(float(r.best_loss[0]) for r in runs)
-    lo = max(float(r.best_loss[-1]) for r in runs)
+    by_batch: dict[float, float] = {}
+    for r in runs:
+        by_batch[r.batch_tokens] = min(by_batch.get(r.batch_tokens, math.inf), float(r.best_loss[-1]))
+    lo = max(by_batch.values())
     if loss_range is not None:
         lo, hi = max(lo, loss_range[0]), min(hi, loss_range[1])
     if lo < hi:
         hi = float(np.exp(np.log(lo) + target_fraction * (np.log(hi) - np.log(lo))))
     if not lo < hi:
-        worst = max(runs, key=lambda r: r.best_loss[-1])
-        raise ValueError(f"no loss is reached by every run of {runs[0].model}: run {worst.name} only gets to "
+        worst = min((r for r in runs if by_batch[r.batch_tokens] == max(by_batch.values())),
+                    key=lambda r: r.best_loss[-1])
+        raise ValueError(f"no loss is reached by every batch size of {runs[0].model}: run {worst.name} only gets to "
                          f"{worst.best_loss[-1]:.4f}, above the first evaluation of another run ({hi:.4f}); "
                          "train the small-batch runs longer or drop them")
     return np.geomspace(hi, lo, n_targets + 1)[1:]
@@ -115,29 +122,58 @@ def steps_matrix(runs: list[ScanRun], targets) -> np.ndarray:
     return np.array([[bcrit.steps_to_target(r.steps, r.loss, t) for t in targets] for r in runs])
 
 
+def steps_by_batch(runs: list[ScanRun], targets) -> tuple[np.ndarray, list[str], np.ndarray, list[dict]]:
+    """Steps to each target per batch size: with several runs at one batch (an LR grid), the fewest any of
+    them needs (McCandlish et al. 2018 §2.2 take the minimum S over an LR grid at each target; at one LR for
+    every batch the batches far from where that LR was tuned need too many steps, which bends B_crit(L)).
+
+    Returns (batches (n_B,), row labels (run names joined by '|'), S (n_B, n_targets), lr_grid): lr_grid
+    lists, per batch with more than one LR, each LR and at how many targets it was the fastest.
+    """
+    S = steps_matrix(runs, targets)
+    batches = np.unique([r.batch_tokens for r in runs])
+    rows, names, lr_grid = [], [], []
+    for b in batches:
+        idx = [i for i, r in enumerate(runs) if r.batch_tokens == b]
+        block = S[idx]
+        rows.append(np.where(np.isfinite(block).any(axis=0), np.nanmin(np.where(np.isfinite(block), block, np.inf),
+                                                                         axis=0), np.nan))
+        names.append("|".join(runs[i].name for i in idx))
+        if len(idx) > 1:
+            fastest = np.argmin(np.where(np.isfinite(block), block, np.inf), axis=0)[np.isfinite(block).any(axis=0)]
+            lr_grid.append({"batch_tokens": float(b), "model": runs[idx[0]].model,
+                            "learning_rates": [runs[i].learning_rate for i in idx],
+                            "fastest_at_targets": [int(np.sum(fastest == k)) for k in range(len(idx))]})
+    return batches, names, np.array(rows), lr_grid
+
+
 def fit_scan(runs: list[ScanRun], n_targets: int = 30, n_boot: int = 200, seed: int = 0, level: float = 0.95,
              loss_range=None, target_fraction: float = TARGET_FRACTION) -> dict:
     """The whole §2.2 pipeline on a scan; B in tokens. Models with < 2 batch sizes are skipped (listed).
 
     This module extracts each model size's targets and steps-to-target; the fit (per-target hyperbolas,
     B_crit(L), whole-run bootstrap) is scaling.analysis.bcrit.fit_scans.
+    Runs of one model at the same batch size and different LRs are an LR grid: each target's steps at that
+    batch are the fewest any of its LRs needs (`steps_by_batch`), and the bootstrap resamples batch sizes.
     """
-    scans, skipped = [], []
+    scans, skipped, lr_grid = [], [], []
     for model, group in sorted(group_by_model(runs).items()):
         batches = np.array([r.batch_tokens for r in group])
         if len(np.unique(batches)) < 2:
             skipped.append({"model": model, "reason": f"only batch size(s) {sorted(set(batches.tolist()))}"})
             continue
         targets = choose_targets(group, n_targets, loss_range, target_fraction)
+        batches, names, S, grid = steps_by_batch(group, targets)
+        lr_grid += grid
         scans.append(bcrit.Scan(model=model, n_params_nonembedding=group[0].n_params_nonembedding,
-                                run_names=[r.name for r in group], batches=batches, targets=targets,
-                                S=steps_matrix(group, targets)))
+                                run_names=names, batches=batches, targets=targets, S=S))
     fit = bcrit.fit_scans(scans, n_boot=n_boot, seed=seed, level=level)
     return {
         **{k: fit[k] for k in ("B_star", "alpha_B", "ci95", "pivot", "n_boot", "n_boot_valid", "level", "per_target")},
         "n_runs": len(runs), "models": sorted({r.model for r in runs}),
         "skipped_models": skipped, "not_reached": fit["not_reached"],
         "bracketed_fraction": float(np.mean([p["bracketed"] for p in fit["per_target"]])),
+        "lr_grid": lr_grid,
         "paper": dict(PAPER),
     }
 

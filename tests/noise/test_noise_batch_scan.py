@@ -161,3 +161,30 @@ def test_a_replicate_with_an_extremely_steep_b_crit_has_no_law_instead_of_overfl
     b_star, alpha = bcrit.fit_bcrit_law_many(L, rows)
     assert np.isnan(b_star[0]) and np.isnan(alpha[0])
     assert alpha[1] == pytest.approx(0.2) and b_star[1] == pytest.approx(1e3 * 5.0 ** 5.0)
+
+
+def test_lr_grid_takes_the_fastest_lr_at_each_batch(tmp_path):
+    """MKAT18 §2.2: with several LRs per batch size, S(B, L) is the fewest steps any LR needs. A mistuned LR
+    (here: twice the steps everywhere, and stuck above the low targets) neither slows B_crit(L) down nor
+    narrows the targets; the result says which LR was fastest where."""
+    tuned = make_scan(str(tmp_path / "tuned"))
+    for r in tuned:
+        r.learning_rate = 1e-3
+    slow = []
+    for i, r in enumerate(tuned):
+        s = batch_scan.ScanRun(**{**r.__dict__, "name": r.name + "_slow", "learning_rate": 3e-4})
+        s.steps = r.steps * 2.0  # the same losses, reached in twice the steps
+        s.tokens = r.tokens * 2.0
+        if i % 2 == 0:  # and half of them stop early, well above where the tuned runs end
+            keep = s.loss > r.loss[-1] + 0.3
+            s.steps, s.tokens, s.loss = s.steps[keep], s.tokens[keep], s.loss[keep]
+        slow.append(s)
+    alone = batch_scan.fit_scan(tuned, n_targets=20, n_boot=40, seed=0)
+    grid = batch_scan.fit_scan(tuned + slow, n_targets=20, n_boot=40, seed=0)
+    assert [p["target_loss"] for p in grid["per_target"]] == [p["target_loss"] for p in alone["per_target"]]
+    for a, g in zip(alone["per_target"], grid["per_target"]):
+        assert g["B_crit"] == pytest.approx(a["B_crit"], rel=1e-9)
+    assert grid["alpha_B"] == pytest.approx(alone["alpha_B"], rel=1e-9)
+    assert len(grid["lr_grid"]) == len(SCAN) and not alone["lr_grid"]
+    for g in grid["lr_grid"]:
+        assert g["learning_rates"] == [1e-3, 3e-4] and g["fastest_at_targets"] == [20, 0]

@@ -89,3 +89,39 @@ def test_real_tiny_training_run(tmp_path):
     assert ns["ema"] and all(math.isfinite(r["b_simple"]) for r in ns["ema"])
     assert os.path.getsize(os.path.join(workdir, "noise_scale.png")) > 1000
     assert "[noise_scale] smoke:" in result.stdout
+
+
+def test_second_pass_keeps_analyses_whose_inputs_and_options_are_unchanged(tmp_path, capsys):
+    """`make reproduce` analyses the root twice; the second pass re-analyses only runs that changed since."""
+    from experiments import noise_scale
+
+    root = str(tmp_path)
+    write_root(root)
+    opts = noise_scale.Options(bootstrap=20, targets=8)
+    first = noise_scale.analyse_root(root, opts)
+    path = {name: os.path.join(root, "runs", name, "noise_scale.json") for name in ("ladder_small",
+                                                                                   "scan_n1000000_b16384")}
+    old = os.path.getmtime(path["ladder_small"]) - 100  # analysis files dated well before the next pass,
+    for name in os.listdir(os.path.join(root, "runs")):  # their inputs before them
+        for f in ("metrics.jsonl", "summary.json", "noise_scale.json"):
+            p = os.path.join(root, "runs", name, f)
+            if os.path.exists(p):
+                t = old if f == "noise_scale.json" else old - 100
+                os.utime(p, (t, t))
+    metrics = os.path.join(root, "runs", "scan_n1000000_b16384", "metrics.jsonl")
+    os.utime(metrics, (old + 50, old + 50))  # this run's metrics changed after its analysis
+    capsys.readouterr()
+    second = noise_scale.analyse_root(root, opts)
+    out = capsys.readouterr().out
+    assert "ladder_small: unchanged since its analysis" in out
+    assert "scan_n1000000_b16384: unchanged" not in out
+    assert os.path.getmtime(path["ladder_small"]) == old  # kept, not rewritten
+    assert os.path.getmtime(path["scan_n1000000_b16384"]) > old
+    assert second["runs"] == first["runs"] and second["bcrit"]["alpha_B"] == first["bcrit"]["alpha_B"]
+    # Other options, or reanalyse=True: every run is analysed again.
+    noise_scale.analyse_root(root, noise_scale.Options(bootstrap=20, targets=8, bin_frac=0.02))
+    assert "unchanged since" not in capsys.readouterr().out
+    noise_scale.analyse_root(root, noise_scale.Options(bootstrap=20, targets=8, bin_frac=0.02), reanalyse=True)
+    assert "unchanged since" not in capsys.readouterr().out
+    with open(path["ladder_small"]) as f:
+        assert json.load(f)["options"]["bin_frac"] == 0.02
