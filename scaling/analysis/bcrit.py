@@ -63,30 +63,32 @@ def fit_steps_vs_batch_many(B, S, weights, iters: int = 60):
     theta = np.log(np.maximum(lin, [floor, floor * B[reached].min()]))
     log_s = np.log(S)
 
-    def cost_and_parts(th):
-        a, e = np.exp(th[:, :1]), np.exp(th[:, 1:])
-        p = a + e / B
-        r = np.log(p) - log_s
-        return np.sum(W * r ** 2, axis=1), r, a / p, e / (B * p)
+    # A bootstrap replicate's trial step may overflow exp(); its cost is then inf or NaN and the step is rejected.
+    with np.errstate(over="ignore", invalid="ignore"):
+        def cost_and_parts(th):
+            a, e = np.exp(th[:, :1]), np.exp(th[:, 1:])
+            p = a + e / B
+            r = np.log(p) - log_s
+            return np.sum(W * r ** 2, axis=1), r, a / p, e / (B * p)
 
-    cost, r, j0, j1 = cost_and_parts(theta)
-    lam = np.full(len(W), 1e-3)
-    for _ in range(iters):
-        h00, h01, h11 = (np.sum(W * j0 * j0, 1), np.sum(W * j0 * j1, 1), np.sum(W * j1 * j1, 1))
-        g0, g1 = np.sum(W * j0 * r, 1), np.sum(W * j1 * r, 1)
-        a00, a11 = h00 * (1 + lam), h11 * (1 + lam)
-        det = a00 * a11 - h01 ** 2
-        det = np.where(np.abs(det) > 0, det, np.inf)
-        step = np.stack([-(a11 * g0 - h01 * g1) / det, -(a00 * g1 - h01 * g0) / det], axis=1)
-        new = theta + step
-        new_cost, new_r, new_j0, new_j1 = cost_and_parts(new)
-        better = new_cost < cost
-        theta = np.where(better[:, None], new, theta)
-        cost = np.where(better, new_cost, cost)
-        r = np.where(better[:, None], new_r, r)
-        j0 = np.where(better[:, None], new_j0, j0)
-        j1 = np.where(better[:, None], new_j1, j1)
-        lam = np.where(better, lam / 3, lam * 4)
+        cost, r, j0, j1 = cost_and_parts(theta)
+        lam = np.full(len(W), 1e-3)
+        for _ in range(iters):
+            h00, h01, h11 = (np.sum(W * j0 * j0, 1), np.sum(W * j0 * j1, 1), np.sum(W * j1 * j1, 1))
+            g0, g1 = np.sum(W * j0 * r, 1), np.sum(W * j1 * r, 1)
+            a00, a11 = h00 * (1 + lam), h11 * (1 + lam)
+            det = a00 * a11 - h01 ** 2
+            det = np.where(np.abs(det) > 0, det, np.inf)
+            step = np.stack([-(a11 * g0 - h01 * g1) / det, -(a00 * g1 - h01 * g0) / det], axis=1)
+            new = theta + step
+            new_cost, new_r, new_j0, new_j1 = cost_and_parts(new)
+            better = new_cost < cost
+            theta = np.where(better[:, None], new, theta)
+            cost = np.where(better, new_cost, cost)
+            r = np.where(better[:, None], new_r, r)
+            j0 = np.where(better[:, None], new_j0, j0)
+            j1 = np.where(better[:, None], new_j1, j1)
+            lam = np.where(better, lam / 3, lam * 4)
     s_min, e_min = np.exp(theta[:, 0]), np.exp(theta[:, 1])
     return np.where(ok, s_min, np.nan), np.where(ok, e_min, np.nan)
 
@@ -232,6 +234,12 @@ def fit_scans(scans: list, n_boot: int = 200, seed: int = 0, level: float = 0.95
             "per_target": per_target, "not_reached": not_reached}
 
 
+def _r2_log(fit: fitting.PowerLawFit, y) -> float:
+    """R² in log space of an unweighted log-log line `fit` through points with ordinates y."""
+    ly = np.log(y)
+    return float(1.0 - np.sum(np.asarray(fit.residuals) ** 2) / np.sum((ly - ly.mean()) ** 2))
+
+
 def bcrit_shape(per_target: list) -> dict:
     """How B_crit(L) departs from one power law, from the per-target points of `fit_scans`.
 
@@ -239,12 +247,18 @@ def bcrit_shape(per_target: list) -> dict:
       scanned, the median |ln| ratio of their B_crit (interpolated in log-log), as a fraction: None with < 2 sizes
       or no shared losses;
     - `alpha_B_high_L` / `alpha_B_low_L`: the exponent fitted separately to the points above and below the median
-      loss (a power law has one; B_crit steepening towards low loss gives a smaller α_B below).
+      loss (a power law has one; B_crit steepening towards low loss gives a smaller α_B below);
+    - `r2_vs_loss`, `tokens_exponent`, `r2_vs_tokens`: one power law of B_crit in L against one in the tokens
+      E_min the target needs (B_crit ∝ E_min^p, the form Zhang et al. 2024 and Bergsma et al. 2025 report: the
+      critical batch follows the data seen, not the loss), pooled over sizes, R² in log space. E_min is also
+      B_crit's numerator (B_crit = E_min/S_min), so p and its R² are inflated when S_min varies little; compare
+      the two R² rather than read p alone.
     """
-    by_model = {}
+    by_model, tokens = {}, []
     for t in per_target:
         if t.get("B_crit") and t["B_crit"] > 0 and t.get("target_loss") and t["target_loss"] > 0:
             by_model.setdefault(str(t.get("model")), []).append((float(t["target_loss"]), float(t["B_crit"])))
+            tokens.append((float(t["target_loss"]), float(t.get("E_min") or math.nan), float(t["B_crit"])))
     ratios = []
     models = sorted(by_model)
     for i, a in enumerate(models):
@@ -258,7 +272,15 @@ def bcrit_shape(per_target: list) -> dict:
     L = np.array([l for v in by_model.values() for l, _ in v])
     B = np.array([b for v in by_model.values() for _, b in v])
     out = {"collapse": float(np.expm1(np.median(ratios))) if ratios else None,
-           "alpha_B_high_L": None, "alpha_B_low_L": None, "loss_split": None}
+           "alpha_B_high_L": None, "alpha_B_low_L": None, "loss_split": None,
+           "r2_vs_loss": None, "tokens_exponent": None, "r2_vs_tokens": None}
+    lt, et, bt = (np.array(v) for v in zip(*tokens)) if tokens else (np.array([]),) * 3
+    ok = np.isfinite(et) & (et > 0)
+    if ok.sum() >= 3 and np.ptp(np.log(lt[ok])) > 0 and np.ptp(np.log(et[ok])) > 0:
+        vs_l = fitting.wls_loglog(lt[ok], bt[ok])
+        vs_e = fitting.wls_loglog(et[ok], bt[ok])
+        out.update(r2_vs_loss=_r2_log(vs_l, bt[ok]), tokens_exponent=float(vs_e.slope),
+                   r2_vs_tokens=_r2_log(vs_e, bt[ok]))
     if len(L) >= 6:
         split = float(np.median(L))
         out["loss_split"] = split

@@ -83,8 +83,9 @@ def section_lns(rep: Report) -> list:
             "", fig]
 
 
-def _bcrit_shape_text(shape: dict) -> str:
-    """Words for how B_crit(L) departs from one power law (scaling.analysis.bcrit.bcrit_shape)."""
+def _bcrit_shape_text(shape: dict, lr_grid: list) -> str:
+    """Words for how B_crit(L) departs from one power law (scaling.analysis.bcrit.bcrit_shape) and, when the scan
+    has an LR grid, which LR was the fastest (noise/bcrit.json `lr_grid`)."""
     parts = []
     if shape.get("collapse") is not None:
         parts.append(f"B_crit depends on L alone, as in the paper: at equal loss the model sizes' B_crit differ by a "
@@ -93,10 +94,24 @@ def _bcrit_shape_text(shape: dict) -> str:
     if hi and lo:
         text = f"fitted separately, α_B is {hi:.3f} above L = {shape['loss_split']:.3g} and {lo:.3f} below"
         if lo < 0.75 * hi:
-            text += (": B_crit steepens as the loss falls, so one power law does not span the range (a possible "
-                     "cause, not measured here: every batch size trains at one constant LR, which may hold the "
-                     "small batches back at low loss)")
+            text += ": B_crit steepens as the loss falls, so one power law does not span the range"
+            if not lr_grid:
+                text += (" (every batch size trains at one LR here; gin/sweeps/kaplan_cpu_lr_grid.gin scans the LR "
+                         "per batch to test whether that causes it)")
         parts.append(text)
+    if shape.get("r2_vs_tokens") is not None:
+        better = "better" if shape["r2_vs_tokens"] > shape["r2_vs_loss"] else "worse"
+        parts.append(f"as a power law of the tokens a target needs, B_crit ∝ E_min^{shape['tokens_exponent']:.2f} "
+                     f"fits {better} (R² {shape['r2_vs_tokens']:.3f}, against {shape['r2_vs_loss']:.3f} in L; Zhang "
+                     "et al. 2024 and Bergsma et al. 2025 find B_crit follows the data seen)")
+    if lr_grid:
+        edge = sum(1 for g in lr_grid if int(np.argmax(g["fastest_at_targets"])) in
+                   (int(np.argmax(g["learning_rates"])), int(np.argmin(g["learning_rates"]))))
+        fastest = sorted({g["learning_rates"][int(np.argmax(g["fastest_at_targets"]))] for g in lr_grid})
+        parts.append(f"S(B, L) is the fewest steps over an LR grid at each of {len(lr_grid)} (size, batch) pairs "
+                     f"(fastest LRs {', '.join(f'{x:.3g}' for x in fastest)}"
+                     + (f"; at {edge} of them the fastest LR is the grid's edge, so the grid does not bracket it)"
+                        if edge else ", all inside the grid)"))
     return "; ".join(parts)
 
 
@@ -122,7 +137,7 @@ def section_bcrit(rep: Report) -> list:
         notes.append(f"{unbracketed} of {len(per)} targets are not bracketed by the scanned batches (bounds only)")
     models = b.get("models") or []
     rng = f"{b.get('n_runs', '?')} batch-scan runs, models {', '.join(map(str, models)) or '?'}; losses {value_range(Lt)}"
-    shape = _bcrit_shape_text(bcrit.bcrit_shape(per))
+    shape = _bcrit_shape_text(bcrit.bcrit_shape(per), b.get("lr_grid") or [])
     rep.exponent("α_B", "B_crit(L) = B*/L^(1/α_B), batch scan", b["alpha_B"], ci.get("alpha_B"), T5["alpha_B"],
                  "Table 5 / eq 5.3", rng + (f"; {shape}" if shape else ""), notes + notes_a)
     pivot = b.get("pivot") or {}

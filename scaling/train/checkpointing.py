@@ -24,6 +24,7 @@ Workdir ownership and the data identity are workdir.py (its names are re-exporte
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -125,7 +126,9 @@ def _params(state):
 LEGACY_RNG_KEY = "rng"
 
 
-@jax.jit
+# Integer and isfinite work only, so the result is the same at any XLA optimisation level: level 0 compiles it in
+# ~0.6 s instead of ~1.9 s, once per model shape (every run of a sweep pays it at its first checkpoint).
+@functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 def _inspect(state):
     params_finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(_params(state))
                                          if jnp.issubdtype(p.dtype, jnp.inexact)] or [True]))

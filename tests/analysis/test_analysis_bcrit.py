@@ -145,3 +145,22 @@ def test_bcrit_shape_sees_a_collapse_and_a_steepening():
     apart = bcrit.bcrit_shape(points("a", np.linspace(3.5, 4.5, 15), law)
                               + points("b", np.linspace(3.0, 4.0, 15), lambda l: 2 * law(l)))
     assert apart["collapse"] == pytest.approx(1.0, rel=1e-6)
+
+
+def test_bcrit_shape_tells_a_law_in_tokens_from_a_law_in_loss():
+    """B_crit ∝ E_min^0.6 exactly, with the two sizes needing different tokens for the same loss: the tokens law
+    fits (R² 1) and the loss law does not; a clean law in L with E_min unrelated to B_crit is the other way round."""
+    rng = np.random.default_rng(0)
+    pts = []
+    for model, scale in (("a", 1.0), ("b", 3.0)):
+        for l in np.linspace(4.0, 5.0, 12):
+            e = scale * 1e5 * (5.0 / l) ** 8   # the bigger `b` needs 3x the tokens at every loss
+            pts.append(dict(model=model, target_loss=float(l), E_min=float(e), B_crit=float(50 * e ** 0.6)))
+    by_tokens = bcrit.bcrit_shape(pts)
+    assert by_tokens["tokens_exponent"] == pytest.approx(0.6, rel=1e-9)
+    assert by_tokens["r2_vs_tokens"] == pytest.approx(1.0, abs=1e-12)
+    assert by_tokens["r2_vs_loss"] < 0.9
+    by_loss = bcrit.bcrit_shape([dict(p, B_crit=float(laws.critical_batch(p["target_loss"], B_STAR, ALPHA_B)),
+                                      E_min=float(p["E_min"] * np.exp(rng.normal(0, 1.0)))) for p in pts])
+    assert by_loss["r2_vs_loss"] == pytest.approx(1.0, abs=1e-12) and by_loss["r2_vs_tokens"] < 0.9
+    assert bcrit.bcrit_shape(pts[:2])["r2_vs_tokens"] is None  # too few points: no comparison
