@@ -18,7 +18,7 @@ Stages (each idempotent; rerunning the command resumes where it stopped and redo
    the run's start time are both in the report, so the order is checkable).
 4. **sweep, second part**: the held-out run and every other group (data budgets, LSTM, recurrent, ...),
    together and largest first, so the held-out run trains beside the others rather than alone at the end;
-   then `noise_scale` again for their per-run noise analyses.
+   then `noise_scale` again for their per-run noise analyses (runs analysed before are kept), beside
 5. **report**: `experiments.report --root` (fits, figures, report.md; the prediction's error).
 
 A failed run does not stop the job: it is listed in the report and retried by the next invocation.
@@ -61,11 +61,22 @@ def log(message: str) -> None:
 
 def run_stage(name: str, argv: list[str]) -> bool:
     """A CLI stage as a subprocess (its own gin/JAX state); True when it succeeded."""
-    log(f"{name}: {' '.join(argv)}")
-    proc = subprocess.run([sys.executable, "-m", *argv])
-    if proc.returncode:
-        log(f"{name} failed (exit {proc.returncode}); the stages after it still run")
-    return proc.returncode == 0
+    return run_stages([(name, argv)])
+
+
+def run_stages(stages: list[tuple[str, list[str]]]) -> bool:
+    """CLI stages as subprocesses running side by side (stages that do not read each other's output); True when
+    every one succeeded."""
+    procs = []
+    for name, argv in stages:
+        log(f"{name}: {' '.join(argv)}")
+        procs.append((name, subprocess.Popen([sys.executable, "-m", *argv])))
+    ok = True
+    for name, proc in procs:
+        if proc.wait():
+            log(f"{name} failed (exit {proc.returncode}); the stages after it still run")
+            ok = False
+    return ok
 
 
 def ladder_points(root: str, runs) -> dict:
@@ -265,9 +276,15 @@ def main(argv):
             log(f"4/5 sweep: groups {', '.join(later_groups)} (the held-out rung among them, largest first)")
             ok &= sweep_executor.run_sweep(sweep_file, root, workers=WORKERS.value, only=later_groups,
                                            executor=executor).ok
-            ok &= run_stage("noise", ["experiments.noise_scale", f"--root={root}"])
-        log("5/5 report")
-        ok &= run_stage("report", ["experiments.report", f"--root={root}", f"--bootstrap={BOOTSTRAP.value}"])
+        report = ("report", ["experiments.report", f"--root={root}", f"--bootstrap={BOOTSTRAP.value}"])
+        if later_groups:
+            # The later groups' per-run noise analyses and the report side by side: the report reads noise/bcrit.json,
+            # which comes from the batch scan (analysed in stage 2, rewritten unchanged here), and no per-run file.
+            log("5/5 report (beside the noise analysis of the later groups)")
+            ok &= run_stages([("noise", ["experiments.noise_scale", f"--root={root}"]), report])
+        else:
+            log("5/5 report")
+            ok &= run_stage(*report)
     except sweep_executor.LockedError as e:
         print(f"reproduce: error: {e}", file=sys.stderr)
         sys.exit(2)
