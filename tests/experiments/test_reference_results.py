@@ -84,6 +84,9 @@ def test_no_headline_row_is_flagged_but_b_crit_and_its_row_says_why():
     assert set(flagged) <= {"α_B"}, flagged
     alpha_b = next(line for line in head.splitlines() if line.startswith("| α_B |"))
     assert "B_crit depends on L alone" in alpha_b and "steepens as the loss falls" in alpha_b
+    # ... and how it compares with a law in the tokens a target needs, and where the LR grid that tests one LR for
+    # every batch is (gin/sweeps/kaplan_cpu_lr_grid.gin; its results: experiments/results/kaplan_cpu_lr_grid/).
+    assert "B_crit ∝ E_min^" in alpha_b and "kaplan_cpu_lr_grid.gin" in alpha_b
     for symbol in ("N_c", "B*"):
         row = next(line for line in head.splitlines() if line.startswith(f"| {symbol} |"))
         assert "inside the data the fit pins" in row and "wide CI" not in row
@@ -100,10 +103,13 @@ def test_loss_per_position_follows_a_power_law_for_the_larger_rungs():
 
 
 def test_learning_curves_cross_and_the_frontier_is_fitted_with_an_interval():
+    """Item 2. The rung between cpu_6k and cpu_14k (cpu_9k6) gives a fourth crossing: enough to test the power-law
+    form, so p_N's row carries no note (with 3 it was flagged "only 3 points")."""
     frontier = fit("frontier_n_opt")
-    assert len(frontier["transitions"]) >= 3
+    assert len(frontier["transitions"]) >= 4
     lo, hi = frontier["ci95"]["p_N"]
     assert lo < frontier["params"]["p_N"] < hi
+    assert frontier["notes"] == [] and frontier["quality"]["r2_log"] >= 0.98
     assert fit("kaplan_c_min")["quality"]["r2_log"] >= 0.98
     derived = fit("frontier_derived")
     assert derived["ci95"]["p_N"][0] < derived["params"]["p_N"] < derived["ci95"]["p_N"][1]
