@@ -2,11 +2,13 @@
 
 The sweep (``SWEEP``) is a scaled-down mix of the main study, gin/sweeps/kaplan_cpu_quick.gin, with its settings:
 books_20m (SentencePiece 1,024, n_ctx 128), Adam with a constant LR after warmup, batch 8 in 4 microbatches,
-logs every 10 steps, an eval every 100 (32,768 held-out tokens in 128-window batches plus the wiki_mini eval)
-and the final 4,096-window loss-per-position eval, checkpoints every 400 steps (keep 1, asynchronous). Runs:
+logs every 10 steps, an eval every 100 (16,384 held-out tokens in 16-window batches plus the wiki_mini eval at
+the final eval) and the final 2,048-window loss-per-position eval, checkpoints every 400 steps (keep 1,
+asynchronous). Runs:
   ladder      cpu_6k (1,000 steps), cpu_25k (800), cpu_98k (1,000), cpu_221k (800): the mid rungs last >= 30 s
   data        cpu_25k at D = 65,536 tokens, 600 steps, the preset's data-block evals
   batch_scan  cpu_25k at B = 4, 16, 64 sequences (half the preset's steps for each B), its scan settings
+              (microbatches of at most 4 sequences: K = 2, 4, 16)
 Expected time on 2 idle cores (2 workers): about 2-3 minutes per executor, 6-8 minutes for the whole
 section (the matmul peak, both sweeps, the final parameters of every run restored for the comparison).
 The vocabulary and token caches are built (or found) first, untimed. The sweep is then trained twice in this
@@ -24,7 +26,7 @@ wins), so neither measures one of its own. Figures:
   sweep_speedup_vs_subprocess       subprocess wall time ÷ in-process wall time
   sweep_overhead_fraction           share of the in-process executor's wall time outside training steps:
                                     1 − Σ train_time_sec ÷ (wall × workers)
-                                    (evaluation counts as outside: the preset's evals, the final 4,096-window
+                                    (evaluation counts as outside: the preset's evals, the final 2,048-window
                                     one above all, cost a ladder run roughly half as much time as its steps)
   sweep_overhead_fraction_subprocess  the same for the subprocess executor
   sweep_run_overhead_fraction[_subprocess]  1 − Σ train_time_sec ÷ Σ run wall_time_sec (the runs alone)
@@ -48,8 +50,8 @@ Sweep.base_gin_params = {
     'TrainConfig.batch_size': 8, 'TrainConfig.num_steps': 800, 'TrainConfig.warmup_steps': 50,
     'TrainConfig.microbatches': 4, 'TrainConfig.log_every': 10, 'TrainConfig.eval_every': 100,
     'TrainConfig.checkpoint_every': 400, 'TrainConfig.keep_checkpoints': 1,
-    'DataConfig.eval_tokens': 32768, 'TrainConfig.eval_batch_size': 16, 'TrainConfig.extra_eval_final_only': True,
-    'DataConfig.position_eval_windows': 4096,
+    'DataConfig.eval_tokens': 16384, 'TrainConfig.eval_batch_size': 16, 'TrainConfig.extra_eval_final_only': True,
+    'DataConfig.position_eval_windows': 2048,
 }
 Sweep.blocks = [
     {'group': 'ladder', 'models': ['cpu_6k'], 'params': {'TrainConfig.num_steps': 1000}},
@@ -61,10 +63,10 @@ Sweep.blocks = [
                 'DataConfig.position_eval_windows': 0},
      'grid': {'DataConfig.data_budget_tokens': [65536]}},
     {'group': 'batch_scan', 'models': ['cpu_25k'],
-     'params': {'TrainConfig.log_every': 2, 'TrainConfig.microbatches': 2, 'DataConfig.eval_tokens': 16384,
+     'params': {'TrainConfig.log_every': 2, 'DataConfig.eval_tokens': 16384,
                 'DataConfig.extra_eval_tasks': (), 'DataConfig.position_eval_windows': 0},
-     'grid': {'TrainConfig.batch_size,TrainConfig.num_steps,TrainConfig.eval_every,TrainConfig.warmup_steps': [
-         (4, 850, 85, 50), (16, 425, 42, 12), (64, 212, 21, 3)]}},
+     'grid': {'TrainConfig.batch_size,TrainConfig.num_steps,TrainConfig.eval_every,TrainConfig.warmup_steps,'
+              'TrainConfig.microbatches': [(4, 850, 85, 50, 2), (16, 425, 42, 12, 4), (64, 212, 21, 3, 16)]}},
 ]
 """
 
