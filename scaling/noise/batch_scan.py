@@ -128,7 +128,8 @@ def steps_by_batch(runs: list[ScanRun], targets) -> tuple[np.ndarray, list[str],
     every batch the batches far from where that LR was tuned need too many steps, which bends B_crit(L)).
 
     Returns (batches (n_B,), row labels (run names joined by '|'), S (n_B, n_targets), lr_grid): lr_grid
-    lists, per batch with more than one LR, each LR and at how many targets it was the fastest.
+    lists, per batch with more than one LR, each LR and run, at how many targets each was the fastest, and the
+    run that was the fastest at the most (`fastest_run`: the batch's tuned run).
     """
     S = steps_matrix(runs, targets)
     batches = np.unique([r.batch_tokens for r in runs])
@@ -141,9 +142,10 @@ def steps_by_batch(runs: list[ScanRun], targets) -> tuple[np.ndarray, list[str],
         names.append("|".join(runs[i].name for i in idx))
         if len(idx) > 1:
             fastest = np.argmin(np.where(np.isfinite(block), block, np.inf), axis=0)[np.isfinite(block).any(axis=0)]
+            counts = [int(np.sum(fastest == k)) for k in range(len(idx))]
             lr_grid.append({"batch_tokens": float(b), "model": runs[idx[0]].model,
-                            "learning_rates": [runs[i].learning_rate for i in idx],
-                            "fastest_at_targets": [int(np.sum(fastest == k)) for k in range(len(idx))]})
+                            "learning_rates": [runs[i].learning_rate for i in idx], "fastest_at_targets": counts,
+                            "runs": [runs[i].name for i in idx], "fastest_run": runs[idx[int(np.argmax(counts))]].name})
     return batches, names, np.array(rows), lr_grid
 
 

@@ -33,9 +33,22 @@ def smin_rows(rep: Report):
     return rows
 
 
+def untuned_runs(rep: Report) -> set:
+    """Runs of an LR grid (noise/bcrit.json `lr_grid`) other than each (size, batch)'s fastest: eq. 1.6 describes
+    training at a tuned LR, and a run at a mistuned one is slower at every loss, so its S_min is not S_min."""
+    path = os.path.join(rep.root, "noise", "bcrit.json")
+    if not os.path.exists(path):
+        return set()
+    with open(path) as f:
+        grid = json.load(f).get("lr_grid") or []
+    return {name for g in grid if g.get("fastest_run") for name in g.get("runs", []) if name != g["fastest_run"]}
+
+
 def section_lns(rep: Report) -> list:
-    """L(N, S_min) (Fig. 11) with eq. 1.6 from noise/smin_cmin.csv."""
-    rows = [r for r in smin_rows(rep) if rt.positive(r.get("S_min")) and rt.positive(r.get("n_params_nonembedding"))]
+    """L(N, S_min) (Fig. 11) with eq. 1.6 from noise/smin_cmin.csv (with an LR grid: each batch's tuned run)."""
+    dropped = untuned_runs(rep)
+    rows = [r for r in smin_rows(rep) if rt.positive(r.get("S_min")) and rt.positive(r.get("n_params_nonembedding"))
+            and r.get("run") not in dropped]
     n_all = len(rows)
     rows = rt.thin_per_run(rows, MAX_NS_POINTS, key="S_min")
     Ns = sorted({float(r["n_params_nonembedding"]) for r in rows})
@@ -52,7 +65,8 @@ def section_lns(rep: Report) -> list:
     notes_n, notes_s = param_ci_notes("α_N", p, ci, "alpha_N"), param_ci_notes("α_S", p, ci, "alpha_S")
     rep.save_fit("kaplan_ns", dict(fit.record, quality=q, notes=notes + notes_n + notes_s))
     rng = f"N = {value_range(N)}, S_min = {value_range(S)} steps, {len(rows)} points" + (
-        f" (thinned evenly within each run from {n_all})" if n_all > len(rows) else "")
+        f" (thinned evenly within each run from {n_all})" if n_all > len(rows) else "") + (
+        f"; LR grid: each batch's fastest LR only ({len(dropped)} runs at other LRs left out)" if dropped else "")
     # α_N is the N term's exponent: with two model sizes it rests on two points and is not identified (its CI
     # spans orders of magnitude), so it is a headline number only from >= 3 sizes; the section still gives it.
     n_sizes_ok = len(Ns) >= MIN_NS_SIZES_FOR_ALPHA_N

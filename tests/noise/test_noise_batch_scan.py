@@ -188,3 +188,4 @@ def test_lr_grid_takes_the_fastest_lr_at_each_batch(tmp_path):
     assert len(grid["lr_grid"]) == len(SCAN) and not alone["lr_grid"]
     for g in grid["lr_grid"]:
         assert g["learning_rates"] == [1e-3, 3e-4] and g["fastest_at_targets"] == [20, 0]
+        assert g["runs"] == [g["fastest_run"], g["fastest_run"] + "_slow"]
