@@ -93,7 +93,7 @@ def test_real_tiny_training_run(tmp_path):
 
 def test_second_pass_keeps_analyses_whose_inputs_and_options_are_unchanged(tmp_path, capsys):
     """`make reproduce` analyses the root twice; the second pass re-analyses only runs that changed since."""
-    from experiments import noise_scale
+    from scaling.noise import sweep_analysis as noise_scale
 
     root = str(tmp_path)
     write_root(root)
