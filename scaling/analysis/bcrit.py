@@ -254,11 +254,11 @@ def bcrit_shape(per_target: list) -> dict:
       B_crit's numerator (B_crit = E_min/S_min), so p and its R² are inflated when S_min varies little; compare
       the two R² rather than read p alone.
     """
-    by_model, tokens = {}, []
+    by_model, points = {}, []
     for t in per_target:
         if t.get("B_crit") and t["B_crit"] > 0 and t.get("target_loss") and t["target_loss"] > 0:
             by_model.setdefault(str(t.get("model")), []).append((float(t["target_loss"]), float(t["B_crit"])))
-            tokens.append((float(t["target_loss"]), float(t.get("E_min") or math.nan), float(t["B_crit"])))
+            points.append((float(t["target_loss"]), float(t.get("E_min") or math.nan), float(t["B_crit"])))
     ratios = []
     models = sorted(by_model)
     for i, a in enumerate(models):
@@ -269,18 +269,16 @@ def bcrit_shape(per_target: list) -> dict:
             if inside.any():
                 at_a = report_tables.interp_loglog(la, ba, lb[inside])
                 ratios.append(float(np.median(np.abs(np.log(bb[inside] / at_a)))))
-    L = np.array([l for v in by_model.values() for l, _ in v])
-    B = np.array([b for v in by_model.values() for _, b in v])
+    L, E, B = (np.array(v) for v in zip(*points)) if points else (np.array([]),) * 3
     out = {"collapse": float(np.expm1(np.median(ratios))) if ratios else None,
            "alpha_B_high_L": None, "alpha_B_low_L": None, "loss_split": None,
            "r2_vs_loss": None, "tokens_exponent": None, "r2_vs_tokens": None}
-    lt, et, bt = (np.array(v) for v in zip(*tokens)) if tokens else (np.array([]),) * 3
-    ok = np.isfinite(et) & (et > 0)
-    if ok.sum() >= 3 and np.ptp(np.log(lt[ok])) > 0 and np.ptp(np.log(et[ok])) > 0:
-        vs_l = fitting.wls_loglog(lt[ok], bt[ok])
-        vs_e = fitting.wls_loglog(et[ok], bt[ok])
-        out.update(r2_vs_loss=_r2_log(vs_l, bt[ok]), tokens_exponent=float(vs_e.slope),
-                   r2_vs_tokens=_r2_log(vs_e, bt[ok]))
+    ok = np.isfinite(E) & (E > 0)
+    if ok.sum() >= 3 and np.ptp(np.log(L[ok])) > 0 and np.ptp(np.log(E[ok])) > 0:
+        vs_l = fitting.wls_loglog(L[ok], B[ok])
+        vs_e = fitting.wls_loglog(E[ok], B[ok])
+        out.update(r2_vs_loss=_r2_log(vs_l, B[ok]), tokens_exponent=float(vs_e.slope),
+                   r2_vs_tokens=_r2_log(vs_e, B[ok]))
     if len(L) >= 6:
         split = float(np.median(L))
         out["loss_split"] = split

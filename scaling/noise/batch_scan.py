@@ -103,16 +103,15 @@ def choose_targets(runs: list[ScanRun], n_targets: int = 30, loss_range=None,
     by_batch: dict[float, float] = {}
     for r in runs:
         by_batch[r.batch_tokens] = min(by_batch.get(r.batch_tokens, math.inf), float(r.best_loss[-1]))
-    lo = max(by_batch.values())
+    lo = worst = max(by_batch.values())
     if loss_range is not None:
         lo, hi = max(lo, loss_range[0]), min(hi, loss_range[1])
     if lo < hi:
         hi = float(np.exp(np.log(lo) + target_fraction * (np.log(hi) - np.log(lo))))
     if not lo < hi:
-        worst = min((r for r in runs if by_batch[r.batch_tokens] == max(by_batch.values())),
-                    key=lambda r: r.best_loss[-1])
-        raise ValueError(f"no loss is reached by every batch size of {runs[0].model}: run {worst.name} only gets to "
-                         f"{worst.best_loss[-1]:.4f}, above the first evaluation of another run ({hi:.4f}); "
+        stuck = min((r for r in runs if by_batch[r.batch_tokens] == worst), key=lambda r: r.best_loss[-1])
+        raise ValueError(f"no loss is reached by every batch size of {runs[0].model}: run {stuck.name} only gets to "
+                         f"{stuck.best_loss[-1]:.4f}, above the first evaluation of another run ({hi:.4f}); "
                          "train the small-batch runs longer or drop them")
     return np.geomspace(hi, lo, n_targets + 1)[1:]
 
@@ -136,12 +135,12 @@ def steps_by_batch(runs: list[ScanRun], targets) -> tuple[np.ndarray, list[str],
     rows, names, lr_grid = [], [], []
     for b in batches:
         idx = [i for i, r in enumerate(runs) if r.batch_tokens == b]
-        block = S[idx]
-        rows.append(np.where(np.isfinite(block).any(axis=0), np.nanmin(np.where(np.isfinite(block), block, np.inf),
-                                                                         axis=0), np.nan))
+        block = np.where(np.isfinite(S[idx]), S[idx], np.inf)   # not reached: never the fewest
+        reached = np.isfinite(block).any(axis=0)
+        rows.append(np.where(reached, block.min(axis=0), np.nan))
         names.append("|".join(runs[i].name for i in idx))
         if len(idx) > 1:
-            fastest = np.argmin(np.where(np.isfinite(block), block, np.inf), axis=0)[np.isfinite(block).any(axis=0)]
+            fastest = block.argmin(axis=0)[reached]
             counts = [int(np.sum(fastest == k)) for k in range(len(idx))]
             lr_grid.append({"batch_tokens": float(b), "model": runs[idx[0]].model,
                             "learning_rates": [runs[i].learning_rate for i in idx], "fastest_at_targets": counts,

@@ -119,9 +119,9 @@ def _bcrit_shape_text(shape: dict, lr_grid: list) -> str:
                      f"fits {better} (R² {shape['r2_vs_tokens']:.3f}, against {shape['r2_vs_loss']:.3f} in L; Zhang "
                      "et al. 2024 and Bergsma et al. 2025 find B_crit follows the data seen)")
     if lr_grid:
-        edge = sum(1 for g in lr_grid if int(np.argmax(g["fastest_at_targets"])) in
-                   (int(np.argmax(g["learning_rates"])), int(np.argmin(g["learning_rates"]))))
-        fastest = sorted({g["learning_rates"][int(np.argmax(g["fastest_at_targets"]))] for g in lr_grid})
+        won = [(g["learning_rates"][int(np.argmax(g["fastest_at_targets"]))], g["learning_rates"]) for g in lr_grid]
+        edge = sum(1 for lr, grid in won if lr in (max(grid), min(grid)))
+        fastest = sorted({lr for lr, _ in won})
         parts.append(f"S(B, L) is the fewest steps over an LR grid at each of {len(lr_grid)} (size, batch) pairs "
                      f"(fastest LRs {', '.join(f'{x:.3g}' for x in fastest)}"
                      + (f"; at {edge} of them the fastest LR is the grid's edge, so the grid does not bracket it)"
