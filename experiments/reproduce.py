@@ -18,7 +18,7 @@ Stages (each idempotent; rerunning the command resumes where it stopped and redo
    the run's start time are both in the report, so the order is checkable).
 4. **sweep, second part**: the held-out run and every other group (data budgets, LSTM, recurrent, ...),
    together and largest first, so the held-out run trains beside the others rather than alone at the end;
-   then `noise_scale` again for their per-run noise analyses (runs analysed before are kept), beside
+   then `noise_scale` again for their per-run noise analyses (runs analysed before are kept), run beside 5:
 5. **report**: `experiments.report --root` (fits, figures, report.md; the prediction's error).
 
 A failed run does not stop the job: it is listed in the report and retried by the next invocation.
