@@ -9,8 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from models.lstm import LSTMConfig
+from models.recurrent_transformer import RecurrentTransformerConfig
 from models.transformer import TransformerConfig
 from scaling.train import checkpointing, mfu, partitioning, trainer
+from scaling.train import state as state_lib
 from scaling.train.config import MeshConfig, TrainConfig
 from train_helpers import Crash, crash_after, step_losses
 
@@ -42,6 +45,31 @@ def test_state_has_no_rng_and_keeps_the_parameters_of_the_split_init_key(synthet
     expected = jax.jit(lambda k: nn.unbox(run.model.init(k, tokens))["params"])(init_key)
     assert bits(state.params) == bits(expected)
     assert run.state_shardings.params is not None and isinstance(run.abstract_state, trainer.TrainState)
+
+
+@pytest.mark.parametrize("model", [
+    TransformerConfig(vocab_size=1024, n_ctx=128, n_layer=2, d_model=12, d_ff=48, d_attn=12, n_heads=2,
+                      attention_impl="heads_major"),
+    LSTMConfig(vocab_size=1024, n_ctx=128, n_layer=2, d_model=48),
+    RecurrentTransformerConfig(vocab_size=1024, n_ctx=128, n_layer=2, n_recurrence=2, d_model=32, d_ff=128,
+                               d_attn=32, n_heads=2, attention_impl="heads_major"),
+], ids=["transformer_cpu_3k5", "lstm_cpu_37k", "recurrent_cpu_25k_x2"])
+def test_init_compiled_at_its_lower_optimisation_level_gives_the_default_levels_bits(synthetic_data, model):
+    """The init compiles at state.INIT_COMPILER_OPTIONS (a third of the compile time); the parameters and optimizer
+    state must be those of the default XLA level, or every committed result would stop reproducing."""
+    assert state_lib.INIT_COMPILER_OPTIONS  # the lower level is in use: this compares it with the default
+    data = synthetic_data(vocab_size=1024, n_ctx=128, batch_size=8)
+    run = trainer.setup(make_config(model=model, seed=5), data=data, devices=jax.devices()[:1])
+    state = run.init_state()
+    tokens = jnp.zeros((1, model.n_ctx), jnp.int32)
+
+    def init_state(seed):
+        init_key, _ = jax.random.split(jax.random.key(seed))
+        params = nn.unbox(run.model.init(init_key, tokens))["params"]
+        return params, run.tx.init(params)
+
+    params, opt_state = jax.jit(init_state, static_argnums=0)(5)  # default compiler options
+    assert bits(state.params) == bits(params) and bits(state.opt_state) == bits(opt_state)
 
 
 def test_checkpoint_of_the_old_dict_layout_with_rng_resumes_exactly(synthetic_data, tmp_path):
