@@ -33,6 +33,8 @@ _BOOTSTRAP = flags.DEFINE_integer("bootstrap", 500, "Bootstrap replicates (noise
 _TARGETS = flags.DEFINE_integer("targets", 30, "Target losses per model size in the batch scan.")
 _SKIP = flags.DEFINE_integer("skip_steps", None, "Steps dropped at the start (default: the run's warmup).")
 _SEED = flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
+_PLOT_RUNS = flags.DEFINE_bool("plot_runs", True, "Draw each run's noise_scale.png (~1 s per run; the numbers are all "
+                                "in noise_scale.json). A later pass with --plot_runs draws the missing ones.")
 _REANALYSE = flags.DEFINE_bool("reanalyse", False, "With --root: analyse every run again, even one whose "
                                "noise_scale.json is newer than its metrics and was made with the same options.")
 
@@ -55,7 +57,8 @@ def main(argv):
     if len(argv) > 1:
         fail(f"unexpected arguments {argv[1:]}")
     opts = Options(bin_frac=_BIN_FRAC.value, windows=_WINDOWS.value, block=_BLOCK.value,
-                   bootstrap=_BOOTSTRAP.value, targets=_TARGETS.value, skip_steps=_SKIP.value, seed=_SEED.value)
+                   bootstrap=_BOOTSTRAP.value, targets=_TARGETS.value, skip_steps=_SKIP.value, seed=_SEED.value,
+                   plot_runs=_PLOT_RUNS.value)
     if bool(_ROOT.value) == bool(_WORKDIR.value):
         fail("give exactly one of --root=ROOT (analyse a sweep) or --workdir=DIR (train with --gin_file, analyse)")
     try:

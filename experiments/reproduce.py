@@ -10,8 +10,9 @@ Stages (each idempotent; rerunning the command resumes where it stopped and redo
    with the in-process executor (experiments/sweep_inprocess.py; --executor=subprocess for one process per
    run) (finished runs skipped, interrupted ones resumed from their checkpoints, failures recorded and
    retried on the next invocation).
-2. **noise**: `experiments.noise_scale --root` — B_simple along every run, and B_crit(L) from the
-   `batch_scan` group (ROOT/noise/).
+2. **noise**: `experiments.noise_scale --root --noplot_runs` — B_simple along every run (noise_scale.json; the
+   per-run figures are left to a later `experiments.noise_scale --root`), and B_crit(L) from the `batch_scan`
+   group (ROOT/noise/).
 3. **predict**: the ladder's learning curves (eq 1.6 with S_min from B_crit(L)) predict the final eval loss
    of the `holdout` run (a larger model) with a bootstrap 95 % interval, written to ROOT/prediction.json
    *before* that run starts, and never rewritten once the run has begun (its `written_at` time and
@@ -49,6 +50,9 @@ WORKERS = flags.DEFINE_integer("workers", None, "Concurrent runs (default: sized
 EXECUTOR = flags.DEFINE_enum("executor", "inprocess", ["inprocess", "subprocess"],
                              "How the runs train: inprocess (long-lived processes, runs back to back; "
                              "experiments/sweep_inprocess.py) or subprocess (one experiments.train per run).")
+# The per-run B_simple figures are left out (~1 s each, 38 runs; their numbers are in each noise_scale.json and the
+# report's B_crit figure holds the scan's): `experiments.noise_scale --root=ROOT` draws them afterwards.
+NOISE_STAGE = ["experiments.noise_scale", "--noplot_runs"]
 BOOTSTRAP = flags.DEFINE_integer("bootstrap", 200, "Bootstrap replicates for the prediction and the report.")
 
 
@@ -269,7 +273,7 @@ def main(argv):
             ok &= sweep_executor.run_sweep(sweep_file, root, workers=WORKERS.value, only=first_groups,
                                            executor=executor).ok
         log("2/5 noise scale and B_crit")
-        ok &= run_stage("noise", ["experiments.noise_scale", f"--root={root}"])
+        ok &= run_stage("noise", NOISE_STAGE + [f"--root={root}"])
         log("3/5 predict the held-out rung")
         predict_in_child(root, runs, BOOTSTRAP.value)
         if later_groups:
@@ -281,7 +285,7 @@ def main(argv):
             # The later groups' per-run noise analyses and the report side by side: the report reads noise/bcrit.json,
             # which comes from the batch scan (analysed in stage 2, rewritten unchanged here), and no per-run file.
             log("5/5 report (beside the noise analysis of the later groups)")
-            ok &= run_stages([("noise", ["experiments.noise_scale", f"--root={root}"]), report])
+            ok &= run_stages([("noise", NOISE_STAGE + [f"--root={root}"]), report])
         else:
             log("5/5 report")
             ok &= run_stage(*report)

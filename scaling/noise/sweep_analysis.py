@@ -24,6 +24,9 @@ class Options:
     targets: int = 30
     skip_steps: int | None = None
     seed: int = 0
+    # Each run's noise_scale.png (~1 s of matplotlib per run; the JSON holds every number in it). `make reproduce`
+    # leaves them out (38 runs: ~40 s of its CPU time); `experiments.noise_scale --root` draws them.
+    plot_runs: bool = True
 
     def offline_kwargs(self) -> dict:
         return dict(bin_frac=self.bin_frac, n_windows=self.windows, block=self.block, n_boot=self.bootstrap,
@@ -56,12 +59,21 @@ def analyse_workdir(workdir: str, opts: Options, reuse: bool = False) -> dict:
     if reuse:
         result = previous_analysis(workdir, opts)
         if result is not None:
-            print(f"[noise_scale] {result['run']}: unchanged since its analysis (noise_scale.json kept)", flush=True)
+            figure = os.path.join(workdir, "noise_scale.png")
+            drawn = ""
+            if opts.plot_runs and not (os.path.exists(figure)
+                                       and os.path.getmtime(figure) >= os.path.getmtime(os.path.join(workdir,
+                                                                                                    "noise_scale.json"))):
+                plots.plot_run(result, figure)  # analysed by a pass that drew no figures
+                drawn = "; noise_scale.png drawn"
+            print(f"[noise_scale] {result['run']}: unchanged since its analysis (noise_scale.json kept{drawn})",
+                  flush=True)
             return result
     result = offline.analyse_run_dir(workdir, **opts.offline_kwargs())
     result["options"] = opts.offline_kwargs()
     fileio.write_json_atomic(os.path.join(workdir, "noise_scale.json"), fileio.json_safe(result))
-    plots.plot_run(result, os.path.join(workdir, "noise_scale.png"))
+    if opts.plot_runs:
+        plots.plot_run(result, os.path.join(workdir, "noise_scale.png"))
     o = result["overall"]
     print(f"[noise_scale] {result['run']}: {result['steps']:.0f} steps, loss {o['loss_max']:.3f} -> "
           f"{o['loss_min']:.3f}; B_simple overall {o['b_simple']:,.0f} tokens "

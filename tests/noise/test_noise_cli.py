@@ -125,3 +125,25 @@ def test_second_pass_keeps_analyses_whose_inputs_and_options_are_unchanged(tmp_p
     assert "unchanged since" not in capsys.readouterr().out
     with open(path["ladder_small"]) as f:
         assert json.load(f)["options"]["bin_frac"] == 0.02
+
+
+def test_a_pass_without_run_figures_leaves_them_to_the_next_pass(tmp_path, capsys):
+    """`make reproduce` analyses without the per-run figures; `noise_scale --root` later draws the missing ones from
+    the kept analyses (no run analysed again)."""
+    from scaling.noise import sweep_analysis as noise_scale
+
+    root = str(tmp_path)
+    write_root(root)
+    first = noise_scale.analyse_root(root, noise_scale.Options(bootstrap=20, targets=8, plot_runs=False))
+    figures = {name: os.path.join(root, "runs", name, "noise_scale.png") for name in first["runs"]}
+    assert first["runs"] and not any(os.path.exists(f) for f in figures.values())
+    assert os.path.exists(os.path.join(root, "noise", "bcrit.png"))  # the root's figure is still drawn
+    capsys.readouterr()
+    second = noise_scale.analyse_root(root, noise_scale.Options(bootstrap=20, targets=8))
+    out = capsys.readouterr().out
+    assert all(f"{name}: unchanged since its analysis (noise_scale.json kept; noise_scale.png drawn)" in out
+               for name in first["runs"])
+    assert all(os.path.getsize(f) > 1000 for f in figures.values())
+    assert second["bcrit"]["alpha_B"] == first["bcrit"]["alpha_B"]
+    noise_scale.analyse_root(root, noise_scale.Options(bootstrap=20, targets=8))  # drawn: not drawn again
+    assert "png drawn" not in capsys.readouterr().out
