@@ -3,8 +3,8 @@
 The sweep (``SWEEP``) is a scaled-down mix of the main study, gin/sweeps/kaplan_cpu_quick.gin, with its settings:
 books_20m (SentencePiece 1,024, n_ctx 128), Adam with a constant LR after warmup, batch 8 in 4 microbatches,
 logs every 10 steps, an eval every 100 (16,384 held-out tokens in 16-window batches plus the wiki_mini eval at
-the final eval) and the final 2,048-window loss-per-position eval, checkpoints every 400 steps (keep 1,
-asynchronous). Runs:
+the final eval) and the final 2,048-window loss-per-position eval, checkpoints every 1,000 steps (keep 1,
+asynchronous; the preset's since session 13, so only the final one in these runs). Runs:
   ladder      cpu_6k (1,000 steps), cpu_25k (800), cpu_98k (1,000), cpu_221k (800): the mid rungs last >= 30 s
   data        cpu_25k at D = 65,536 tokens, 600 steps, the preset's data-block evals
   batch_scan  cpu_25k at B = 4, 16, 64 sequences (half the preset's steps for each B), its scan settings
@@ -49,7 +49,7 @@ Sweep.base_gin_files = ['gin/data/books_20m.gin', 'gin/optim/adam.gin', 'gin/opt
 Sweep.base_gin_params = {
     'TrainConfig.batch_size': 8, 'TrainConfig.num_steps': 800, 'TrainConfig.warmup_steps': 50,
     'TrainConfig.microbatches': 4, 'TrainConfig.log_every': 10, 'TrainConfig.eval_every': 100,
-    'TrainConfig.checkpoint_every': 400, 'TrainConfig.keep_checkpoints': 1,
+    'TrainConfig.checkpoint_every': 1000, 'TrainConfig.keep_checkpoints': 1,
     'DataConfig.eval_tokens': 16384, 'TrainConfig.eval_batch_size': 16, 'TrainConfig.extra_eval_final_only': True,
     'DataConfig.position_eval_windows': 2048,
 }
