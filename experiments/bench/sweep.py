@@ -14,7 +14,10 @@ section (the matmul peak, both sweeps, the final parameters of every run restore
 The vocabulary and token caches are built (or found) first, untimed. The sweep is then trained twice in this
 invocation, into two fresh roots, with the default worker count: first by the in-process executor
 (experiments/sweep_inprocess.py; a fresh, empty JAX compilation cache, so the figure does not depend on
-earlier runs), then by the subprocess executor (one `python -m experiments.train` per run). Both hand their
+earlier runs), then by the subprocess executor (one `python -m experiments.train` per run) as it runs without
+the in-process executor's means: no persistent compilation cache, every run compiling its programs
+(`_compilation_cache_env`; until session 13 its runs inherited the cache the first sweep had just filled, and
+compiled almost nothing). Both hand their
 runs the peak measured here (scaling/train/mfu.py PEAK_ENV, per core; a cached peak of this machine still
 wins), so neither measures one of its own. Figures:
 
@@ -33,11 +36,13 @@ wins), so neither measures one of its own. Figures:
   sweep_losses_equal                every run's logged training losses, final eval loss and final parameters
                                     (params_sha256) identical under both executors
   sweep_wall_s[_subprocess], sweep_runs, sweep_workers, sweep_model_flops, sweep_peak_flops
+  sweep_compile_time_s[_subprocess]  Σ over runs of the train/eval-step compile time (summaries' compile_time_sec)
 
 ``tiny``: two 6-step runs of a tiny model (the schema; the figures mean nothing).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -133,6 +138,35 @@ def _warm_data(sweep_file: str) -> None:
     state.build_data(config, config.model.n_ctx)
 
 
+def _compilation_cache_env(executor_name: str, workdir: str) -> dict:
+    """The environment each executor's sweep runs under (None: unset). In-process: a cold private JAX persistent
+    compilation cache, one of its means (identical programs compile once across its worker processes). Subprocess:
+    the executor as it was, no persistent cache, so its runs do not read the programs the in-process sweep has
+    just written (JAX reads both variables in every process the sweep starts)."""
+    if executor_name == "inprocess":
+        return {"JAX_COMPILATION_CACHE_DIR": os.path.join(workdir, "jax_compilation_cache"),
+                "JAX_ENABLE_COMPILATION_CACHE": None}
+    return {"JAX_COMPILATION_CACHE_DIR": None, "JAX_ENABLE_COMPILATION_CACHE": "false"}
+
+
+@contextlib.contextmanager
+def _environment(changes: dict):
+    saved = {k: os.environ.get(k) for k in changes}
+    try:
+        for key, value in changes.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _train(executor_name: str, sweep_file: str, root: str, workers: int | None) -> dict:
     from experiments import sweep_executor, sweep_inprocess
     result = sweep_executor.run_sweep(sweep_file, root, workers=workers,
@@ -151,9 +185,10 @@ def _figures(measured: dict, peak: float) -> dict:
     train = sum(float(r["summary"]["train_time_sec"]) for r in runs)
     run_wall = sum(float(r["summary"]["wall_time_sec"]) for r in runs)
     wall = measured["wall"]
+    compile_time = sum(float(r["summary"].get("compile_time_sec") or 0.0) for r in runs)
     return {"utilisation": flops / (wall * peak), "overhead_fraction": 1.0 - train / (wall * measured["workers"]),
             "run_overhead_fraction": 1.0 - train / run_wall, "wall_s": wall, "model_flops": flops,
-            "train_time_s": train}
+            "train_time_s": train, "compile_time_s": compile_time}
 
 
 def run(previous: dict | None = None, tiny: bool = False) -> dict:
@@ -165,29 +200,20 @@ def run(previous: dict | None = None, tiny: bool = False) -> dict:
     if not peak or tiny:
         peak = bench_matmul.measure_peak(tiny)["matmul_peak_flops"]
     workdir = tempfile.mkdtemp(prefix="bench_sweep-")
-    saved_cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
-    saved_peak = os.environ.get(mfu.PEAK_ENV)
     try:
         sweep_file = os.path.join(workdir, "bench_sweep.gin")
         with open(sweep_file, "w") as f:
             f.write(TINY_SWEEP if tiny else SWEEP)
-        # A cold, private compilation cache: the in-process figure does not lean on earlier runs.
-        os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(workdir, "jax_compilation_cache")
         # The runs' MFU peak: this invocation's, per core (the executors then measure none of their own).
-        os.environ[mfu.PEAK_ENV] = repr(float(peak) / mfu.process_cores())
-        _warm_data(sweep_file)
-        workers = 1 if tiny else None
-        inprocess = _train("inprocess", sweep_file, os.path.join(workdir, "inprocess"), workers)
-        subproc = _train("subprocess", sweep_file, os.path.join(workdir, "subprocess"), workers)
+        with _environment({mfu.PEAK_ENV: repr(float(peak) / mfu.process_cores())}):
+            _warm_data(sweep_file)
+            workers = 1 if tiny else None
+            trained = {}
+            for name in ("inprocess", "subprocess"):
+                with _environment(_compilation_cache_env(name, workdir)):
+                    trained[name] = _train(name, sweep_file, os.path.join(workdir, name), workers)
+        inprocess, subproc = trained["inprocess"], trained["subprocess"]
     finally:
-        if saved_peak is None:
-            os.environ.pop(mfu.PEAK_ENV, None)
-        else:
-            os.environ[mfu.PEAK_ENV] = saved_peak
-        if saved_cache is None:
-            os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
-        else:
-            os.environ["JAX_COMPILATION_CACHE_DIR"] = saved_cache
         shutil.rmtree(workdir, ignore_errors=True)
 
     fast, slow = _figures(inprocess, peak), _figures(subproc, peak)
@@ -210,6 +236,8 @@ def run(previous: dict | None = None, tiny: bool = False) -> dict:
         "sweep_wall_s_subprocess": slow["wall_s"],
         "sweep_train_time_s": fast["train_time_s"],
         "sweep_train_time_s_subprocess": slow["train_time_s"],
+        "sweep_compile_time_s": fast["compile_time_s"],
+        "sweep_compile_time_s_subprocess": slow["compile_time_s"],
         "sweep_runs": len(inprocess["runs"]),
         "sweep_workers": inprocess["workers"],
         "sweep_model_flops": fast["model_flops"],

@@ -30,3 +30,21 @@ def test_bench_sweep_schema(tmp_path):
     assert figures["sweep_utilisation"] < 1 and figures["sweep_overhead_fraction"] < 1
     assert figures["sweep_speedup_vs_subprocess"] == figures["sweep_wall_s_subprocess"] / figures["sweep_wall_s"]
     assert "sweep utilisation" in open(str(tmp_path / "bench.md")).read()
+
+
+def test_each_executor_compiles_under_its_own_cache_setting(tmp_path, monkeypatch):
+    """The subprocess baseline must not read the compilation cache the in-process sweep has just filled (JAX reads
+    JAX_COMPILATION_CACHE_DIR in every process): it runs with the cache off, the in-process one with a private one."""
+    from experiments.bench import sweep as bench_sweep
+
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/somewhere/warm")
+    inprocess = bench_sweep._compilation_cache_env("inprocess", str(tmp_path))
+    subproc = bench_sweep._compilation_cache_env("subprocess", str(tmp_path))
+    assert inprocess["JAX_COMPILATION_CACHE_DIR"].startswith(str(tmp_path))
+    with bench_sweep._environment(subproc):
+        assert "JAX_COMPILATION_CACHE_DIR" not in os.environ and os.environ["JAX_ENABLE_COMPILATION_CACHE"] == "false"
+        probe = subprocess.run([sys.executable, "-c", "import jax; print(jax.config.jax_enable_compilation_cache)"],
+                               capture_output=True, text=True, timeout=300)
+        assert probe.stdout.strip() == "False", probe.stderr[-2000:]
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == "/somewhere/warm"   # restored
+    assert "JAX_ENABLE_COMPILATION_CACHE" not in os.environ
