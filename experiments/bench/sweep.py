@@ -149,22 +149,23 @@ def _compilation_cache_env(executor_name: str, workdir: str) -> dict:
     return {"JAX_COMPILATION_CACHE_DIR": None, "JAX_ENABLE_COMPILATION_CACHE": "false"}
 
 
+def _set_environment(values: dict) -> None:
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @contextlib.contextmanager
 def _environment(changes: dict):
+    """os.environ with ``changes`` applied (None: unset) inside the block, as it was after it."""
     saved = {k: os.environ.get(k) for k in changes}
     try:
-        for key, value in changes.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _set_environment(changes)
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _set_environment(saved)
 
 
 def _train(executor_name: str, sweep_file: str, root: str, workers: int | None) -> dict:
