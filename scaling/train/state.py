@@ -103,7 +103,7 @@ def build_data(config: TrainConfig, n_ctx: int):
 # used first out; a few entries (each holds an executable, not the run's state).
 _COMPILED: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
 COMPILED_CACHE_SIZE = 16
-# How the parameter init compiles (see `setup`): the same bits as the default level, in a third of the time.
+# How the parameter init compiles on CPU (see `setup`): the same bits as the default level, in a third of the time.
 INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 # TrainConfig fields that do not enter the step, the eval step or the init program.
 _NOT_IN_PROGRAM = ("model", "data", "seed", "eval_every", "eval_max_windows", "log_every", "checkpoint_every",
@@ -195,12 +195,14 @@ def setup(config: TrainConfig, *, data=None, devices: Sequence[jax.Device] | Non
     # Parameters are created directly in their shards (no host copy of the full model). The init runs
     # outside the mesh context: the shardings come from out_shardings. The jitted init is shared by the
     # runs of one process with the same model, optimizer and mesh (the in-process sweep executor).
-    # XLA optimisation level 1: the init is the threefry hash (integer work) and a few elementwise transforms, so
-    # it compiles in ~1.5 s instead of ~4-5 s (every distinct model pays it once) with the same parameters, bit
+    # XLA optimisation level 1 on CPU: the init is the threefry hash (integer work) and a few elementwise transforms,
+    # so it compiles in ~1.5 s instead of ~4-5 s (every distinct model pays it once) with the same parameters, bit
     # for bit (measured on every model of the quick preset; tests/train/test_train_state.py). Level 0 changes them.
+    # Other backends keep their default compile (the identity is measured on CPU only).
+    on_cpu = all(d.platform == "cpu" for d in mesh.devices.flat)
     jit_init = _cached(("init", repr(model_config), _optimizer_key(config), _mesh_key(mesh, rules)),
                        lambda: jax.jit(init_state, static_argnums=0, out_shardings=state_shardings,
-                                       compiler_options=INIT_COMPILER_OPTIONS))
+                                       compiler_options=INIT_COMPILER_OPTIONS if on_cpu else None))
 
 
     return TrainSetup(config=config, model_config=model_config, model=model, mesh=mesh, rules=rules,
