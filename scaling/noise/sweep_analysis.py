@@ -50,6 +50,13 @@ def previous_analysis(workdir: str, opts: Options) -> dict | None:
     return result if result.get("options") == fileio.json_safe(opts.offline_kwargs()) else None
 
 
+def _figure_is_stale(workdir: str) -> bool:
+    """noise_scale.png is missing or older than the noise_scale.json it draws."""
+    figure = os.path.join(workdir, "noise_scale.png")
+    return not (os.path.exists(figure)
+                and os.path.getmtime(figure) >= os.path.getmtime(os.path.join(workdir, "noise_scale.json")))
+
+
 def analyse_workdir(workdir: str, opts: Options, reuse: bool = False) -> dict:
     """Writes workdir/noise_scale.json + .png; returns the result.
 
@@ -59,12 +66,9 @@ def analyse_workdir(workdir: str, opts: Options, reuse: bool = False) -> dict:
     if reuse:
         result = previous_analysis(workdir, opts)
         if result is not None:
-            figure = os.path.join(workdir, "noise_scale.png")
             drawn = ""
-            if opts.plot_runs and not (os.path.exists(figure)
-                                       and os.path.getmtime(figure) >= os.path.getmtime(os.path.join(workdir,
-                                                                                                    "noise_scale.json"))):
-                plots.plot_run(result, figure)  # analysed by a pass that drew no figures
+            if opts.plot_runs and _figure_is_stale(workdir):
+                plots.plot_run(result, os.path.join(workdir, "noise_scale.png"))  # a pass that drew no figures
                 drawn = "; noise_scale.png drawn"
             print(f"[noise_scale] {result['run']}: unchanged since its analysis (noise_scale.json kept{drawn})",
                   flush=True)
