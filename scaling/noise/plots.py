@@ -60,6 +60,17 @@ def plot_run(result: dict, path: str):
     return _save(fig, path)
 
 
+def bcrit_ylim(result: dict, grid) -> tuple[float, float]:
+    """Fig. 10's batch axis: the central values (B_crit per target, B_simple per bin, both laws over the losses
+    drawn), a factor 2 either side. The intervals do not set it: a B_simple bin whose interval spans 18 decades
+    (one noisy 1 % bin) flattened B_crit(L) and its bend into a line."""
+    central = [p["B_crit"] for p in result["per_target"]] + [r["b_simple"] for r in result.get("b_simple_vs_loss", [])]
+    central += list(formulas.critical_batch(grid, result["B_star"], result["alpha_B"]))
+    central += list(formulas.critical_batch(grid, result["paper"]["B_star"], result["paper"]["alpha_B"]))
+    central = [float(v) for v in central if _finite(v) and float(v) > 0]
+    return min(central) / 2.0, max(central) * 2.0
+
+
 def plot_bcrit(result: dict, path: str):
     """Kaplan Fig. 10: B_crit(L) per target (CIs, by model) and fitted law, B_simple(L), paper line dashed."""
     fig, ax = plt.subplots(figsize=(6.5, 4.8))
@@ -69,8 +80,9 @@ def plot_bcrit(result: dict, path: str):
         rows = [p for p in per if p["model"] == model]
         L = np.array([p["target_loss"] for p in rows])
         bc = np.array([p["B_crit"] for p in rows])
-        lo = np.array([p["B_crit_lo"] for p in rows])
-        hi = np.array([p["B_crit_hi"] for p in rows])
+        # A bound the bootstrap could not set is NaN in memory and null once read back from bcrit.json.
+        lo = np.array([np.nan if p["B_crit_lo"] is None else p["B_crit_lo"] for p in rows], dtype=float)
+        hi = np.array([np.nan if p["B_crit_hi"] is None else p["B_crit_hi"] for p in rows], dtype=float)
         lo, hi = np.where(np.isfinite(lo), lo, bc), np.where(np.isfinite(hi), hi, bc)
         open_ = np.array([not p["bracketed"] for p in rows])
         ax.errorbar(L, bc, yerr=[np.maximum(bc - lo, 0), np.maximum(hi - bc, 0)], fmt="o", ms=4, capsize=2,
@@ -89,9 +101,10 @@ def plot_bcrit(result: dict, path: str):
             label=f"Kaplan: {paper['B_star']:.2g} / L^(1/{paper['alpha_B']})")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.set_ylim(*bcrit_ylim(result, grid))
     ax.set_xlabel("loss (nats/token)")
     ax.set_ylabel("batch size (tokens)")
     ax.invert_xaxis()
     ax.legend(fontsize=7)
-    ax.set_title("critical batch size vs loss (open: not bracketed, a bound)", fontsize=9)
+    ax.set_title("critical batch size vs loss (open: not bracketed, a bound; error bars clipped)", fontsize=9)
     return _save(fig, path)
