@@ -146,6 +146,9 @@ def markdown_table(figures: dict) -> str:
         ("sweep_overhead_fraction_subprocess", "sweep wall time outside training steps, subprocess", "pct", "–"),
         ("sweep_overhead_fraction_runs_over_30s", "run wall time outside training steps, runs ≥ 30 s, in-process",
          "pct", "≤ 10%"),
+        ("sweep_speedup_warm_cache_vs_subprocess", "sweep wall time, subprocess ÷ in-process re-run (warm "
+         "compilation cache)", "x", "–"),
+        ("sweep_overhead_fraction_warm_cache", "sweep wall time outside training steps, in-process re-run", "pct", "–"),
         ("sweep_losses_equal", "same losses and parameters under both executors", "", "True"),
     ]
     rows = [(label, _fmt(figures[key], kind), goal) for key, label, kind, goal in singles if key in figures]

@@ -9,15 +9,17 @@ asynchronous; the preset's since session 13, so only the final one in these runs
   data        cpu_25k at D = 65,536 tokens, 600 steps, the preset's data-block evals
   batch_scan  cpu_25k at B = 4, 16, 64 sequences (half the preset's steps for each B), its scan settings
               (microbatches of at most 4 sequences: K = 2, 4, 16)
-Expected time on 2 idle cores (2 workers): about 2-3 minutes per executor, 6-8 minutes for the whole
-section (the matmul peak, both sweeps, the final parameters of every run restored for the comparison).
-The vocabulary and token caches are built (or found) first, untimed. The sweep is then trained twice in this
-invocation, into two fresh roots, with the default worker count: first by the in-process executor
+Expected time on 2 idle cores (2 workers): about 2-3 minutes per pass, 8-10 minutes for the whole
+section (the matmul peak, the three passes, the final parameters of every run restored for the comparison).
+The vocabulary and token caches are built (or found) first, untimed. The sweep is then trained three times in this
+invocation, into three fresh roots, with the default worker count: first by the in-process executor
 (experiments/sweep_inprocess.py; a fresh, empty JAX compilation cache, so the figure does not depend on
 earlier runs), then by the subprocess executor (one `python -m experiments.train` per run) as it runs without
 the in-process executor's means: no persistent compilation cache, every run compiling its programs
 (`_compilation_cache_env`; until session 13 its runs inherited the cache the first sweep had just filled, and
-compiled almost nothing). Both hand their
+compiled almost nothing). Between the two, the in-process executor trains the sweep a second time into a fresh
+root with the cache its first pass filled (`PASSES`): what re-running a sweep's shapes costs (the *_warm_cache
+figures). All three hand their
 runs the peak measured here (scaling/train/mfu.py PEAK_ENV, per core; a cached peak of this machine still
 wins), so neither measures one of its own. Figures:
 
@@ -34,9 +36,11 @@ wins), so neither measures one of its own. Figures:
   sweep_overhead_fraction_subprocess  the same for the subprocess executor
   sweep_run_overhead_fraction[_subprocess]  1 − Σ train_time_sec ÷ Σ run wall_time_sec (the runs alone)
   sweep_losses_equal                every run's logged training losses, final eval loss and final parameters
-                                    (params_sha256) identical under both executors
+                                    (params_sha256) identical under both executors (and the warm pass)
   sweep_wall_s[_subprocess], sweep_runs, sweep_workers, sweep_model_flops, sweep_peak_flops
   sweep_compile_time_s[_subprocess]  Σ over runs of the train/eval-step compile time (summaries' compile_time_sec)
+  sweep_{wall_s,compile_time_s,utilisation,overhead_fraction}_warm_cache  the same for the warm in-process pass
+  sweep_speedup_warm_cache_vs_subprocess  subprocess wall time ÷ the warm in-process pass's
 
 ``tiny``: two 6-step runs of a tiny model (the schema; the figures mean nothing).
 """
@@ -192,6 +196,19 @@ def _figures(measured: dict, peak: float) -> dict:
             "train_time_s": train, "compile_time_s": compile_time}
 
 
+# (pass name, executor): the order they train in. The warm pass follows the cold one it reads the cache of.
+PASSES = (("inprocess", "inprocess"), ("inprocess_warm", "inprocess"), ("subprocess", "subprocess"))
+
+
+def _same_runs(a: dict, b: dict) -> bool:
+    """The same run names, and per run the same logged training losses, final parameters and final eval loss."""
+    return a["runs"].keys() == b["runs"].keys() and all(
+        r["losses"] == b["runs"][name]["losses"] and len(r["losses"]) > 0
+        and r["params_sha256"] is not None and r["params_sha256"] == b["runs"][name]["params_sha256"]
+        and r["summary"].get("final_eval_loss") == b["runs"][name]["summary"].get("final_eval_loss")
+        for name, r in a["runs"].items())
+
+
 def run(previous: dict | None = None, tiny: bool = False) -> dict:
     from experiments.bench import matmul as bench_matmul
     from scaling.train import mfu
@@ -210,19 +227,17 @@ def run(previous: dict | None = None, tiny: bool = False) -> dict:
             _warm_data(sweep_file)
             workers = 1 if tiny else None
             trained = {}
-            for name in ("inprocess", "subprocess"):
-                with _environment(_compilation_cache_env(name, workdir)):
-                    trained[name] = _train(name, sweep_file, os.path.join(workdir, name), workers)
-        inprocess, subproc = trained["inprocess"], trained["subprocess"]
+            # "inprocess_warm": the in-process executor again, into a fresh root, reading the cache the first pass
+            # filled: what a re-run of a sweep's shapes (a new seed, a resumed or repeated study) costs.
+            for name, executor_name in PASSES:
+                with _environment(_compilation_cache_env(executor_name, workdir)):
+                    trained[name] = _train(executor_name, sweep_file, os.path.join(workdir, name), workers)
+        inprocess, warm, subproc = trained["inprocess"], trained["inprocess_warm"], trained["subprocess"]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    fast, slow = _figures(inprocess, peak), _figures(subproc, peak)
-    equal = inprocess["runs"].keys() == subproc["runs"].keys() and all(
-        a["losses"] == subproc["runs"][name]["losses"] and len(a["losses"]) > 0
-        and a["params_sha256"] is not None and a["params_sha256"] == subproc["runs"][name]["params_sha256"]
-        and a["summary"].get("final_eval_loss") == subproc["runs"][name]["summary"].get("final_eval_loss")
-        for name, a in inprocess["runs"].items())
+    fast, hot, slow = _figures(inprocess, peak), _figures(warm, peak), _figures(subproc, peak)
+    equal = _same_runs(inprocess, subproc) and _same_runs(warm, subproc)
     long_runs = [r["summary"] for r in inprocess["runs"].values() if float(r["summary"]["wall_time_sec"]) >= 30]
     out = {
         "sweep_utilisation": fast["utilisation"],
@@ -239,6 +254,11 @@ def run(previous: dict | None = None, tiny: bool = False) -> dict:
         "sweep_train_time_s_subprocess": slow["train_time_s"],
         "sweep_compile_time_s": fast["compile_time_s"],
         "sweep_compile_time_s_subprocess": slow["compile_time_s"],
+        "sweep_wall_s_warm_cache": hot["wall_s"],
+        "sweep_compile_time_s_warm_cache": hot["compile_time_s"],
+        "sweep_utilisation_warm_cache": hot["utilisation"],
+        "sweep_overhead_fraction_warm_cache": hot["overhead_fraction"],
+        "sweep_speedup_warm_cache_vs_subprocess": slow["wall_s"] / hot["wall_s"],
         "sweep_runs": len(inprocess["runs"]),
         "sweep_workers": inprocess["workers"],
         "sweep_model_flops": fast["model_flops"],

@@ -29,6 +29,10 @@ def test_bench_sweep_schema(tmp_path):
     assert figures["sweep_runs"] == 2 and figures["sweep_workers"] == 1
     assert figures["sweep_utilisation"] < 1 and figures["sweep_overhead_fraction"] < 1
     assert figures["sweep_speedup_vs_subprocess"] == figures["sweep_wall_s_subprocess"] / figures["sweep_wall_s"]
+    # The warm pass reads the programs the cold pass wrote: it compiles less, and trains the same runs.
+    assert figures["sweep_compile_time_s_warm_cache"] < figures["sweep_compile_time_s"]
+    assert figures["sweep_speedup_warm_cache_vs_subprocess"] == (figures["sweep_wall_s_subprocess"]
+                                                                 / figures["sweep_wall_s_warm_cache"])
     assert "sweep utilisation" in open(str(tmp_path / "bench.md")).read()
 
 
