@@ -3,25 +3,20 @@
 Pins what its README concludes from the files the job wrote: with the fewest steps over an LR grid at each target
 (McCandlish et al. 2018 §2.2), B_crit(L) does not straighten; a law in the tokens E_min fits better than one in L.
 """
-import csv
-import json
-import os
 from collections import defaultdict
 
 from scaling.analysis import bcrit
+from tests.experiments import reference
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-RESULTS = os.path.join(REPO, "experiments", "results", "kaplan_cpu_lr_grid")
+RESULTS = "kaplan_cpu_lr_grid"
 
 
 def load_bcrit():
-    with open(os.path.join(RESULTS, "noise", "bcrit.json")) as f:
-        return json.load(f)
+    return reference.read_json(RESULTS, "noise", "bcrit.json")
 
 
 def test_every_batch_of_both_sizes_ran_at_four_learning_rates():
-    with open(os.path.join(RESULTS, "runs.csv")) as f:
-        rows = list(csv.DictReader(f))
+    rows = reference.read_runs(RESULTS)
     assert rows and all(r["status"] == "finished" for r in rows)
     lrs = defaultdict(set)
     for r in rows:
@@ -45,8 +40,7 @@ def test_the_fit_takes_the_fastest_lr_and_says_where_the_grid_ends():
 
 def test_tuning_the_lr_does_not_straighten_b_crit_of_l():
     grid = load_bcrit()
-    with open(os.path.join(REPO, "experiments", "results", "kaplan_cpu_quick", "noise", "bcrit.json")) as f:
-        one_lr = json.load(f)
+    one_lr = reference.read_json("kaplan_cpu_quick", "noise", "bcrit.json")
     assert grid["alpha_B"] < one_lr["alpha_B"]          # steeper with the LR tuned per batch
     assert grid["pivot"]["B_crit"] > one_lr["pivot"]["B_crit"]
     shape = bcrit.bcrit_shape(grid["per_target"])
