@@ -21,7 +21,7 @@ compiled almost nothing). Between the two, the in-process executor trains the sw
 root with the cache its first pass filled (`PASSES`): what re-running a sweep's shapes costs (the *_warm_cache
 figures). All three hand their
 runs the peak measured here (scaling/train/mfu.py PEAK_ENV, per core; a cached peak of this machine still
-wins), so neither measures one of its own. Figures:
+wins), so none measures one of its own. Figures:
 
   sweep_utilisation                 Σ over runs of model FLOPs (models.accounting.mfu_flops_per_token × tokens,
                                     the summaries' flops_per_token_mfu) ÷ (in-process sweep wall time × the
