@@ -44,7 +44,7 @@ PREDICTION_GROUPS = ("ladder", "batch_scan")
 
 ROOT = flags.DEFINE_string("root", "runs/reproduce", "Output directory (runs/, runs.csv, noise/, fits/, report.md).")
 PRESET = flags.DEFINE_enum("preset", "quick", list(PRESETS), "Which sweep: quick (embedded corpus, ~17-19 min on "
-                           "2 cores) or full (the 47M-token book corpus, data/corpora.py; ~65 min).")
+                           "2 cores) or full (the 47M-token book corpus, data/corpora.py; ~71 min).")
 SWEEP = flags.DEFINE_string("sweep", None, "A sweep gin file instead of the preset's (same groups).")
 WORKERS = flags.DEFINE_integer("workers", None, "Concurrent runs (default: sized to the machine).")
 EXECUTOR = flags.DEFINE_enum("executor", "inprocess", ["inprocess", "subprocess"],
