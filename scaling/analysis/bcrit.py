@@ -120,6 +120,47 @@ def fit_steps_vs_batch(B, S, weights=None) -> StepsBatchFit:
                          bracketed=bool(B[used].min() <= b_crit <= B[used].max()), residuals=resid)
 
 
+def peak_lr_steps(steps, warmup_steps: int):
+    """Optimizer steps counted at the peak LR: the sum of lr_t / lr_peak over the first ``steps`` updates.
+
+    The trainer's warmup is linear from peak/W at step 0 to the peak at step W−1 (scaling/train/optimizers.py), then
+    constant (a batch scan trains at a constant LR). If progress per step is proportional to the LR, a run needs
+    this many steps at the peak LR to do what its ``steps`` did: ``steps − (W−1)/2`` after the warmup, ``S(S+1)/(2W)``
+    inside it. Measured (README, the batch scan's warmup): exact at B = 64 sequences, an over-correction at B = 2,
+    where the peak LR is noise-limited and the warmup costs fewer steps than (W−1)/2.
+    """
+    S = np.asarray(steps, dtype=np.float64)
+    W = float(warmup_steps)
+    if W <= 1:
+        return S
+    return np.where(S >= W, S - (W - 1.0) / 2.0, S * (S + 1.0) / (2.0 * W))
+
+
+WARMUP_RATIO_NOTE = 0.1   # the report names the warmup when it moves B_crit by more than this (either way)
+
+
+def warmup_sensitivity(batches, S, warmup_steps) -> np.ndarray:
+    """B_crit at each target counted in peak-LR steps (`peak_lr_steps`) ÷ B_crit in optimizer steps.
+
+    batches (n_runs,) tokens, S (n_runs, n_targets) optimizer steps to each target, warmup_steps (n_runs,). A
+    warmup of the same W steps at every batch adds a constant to S (it enters S_min); one fixed in tokens adds
+    (W−1)/2 ∝ 1/B (it enters E_min and inflates B_crit most where E_min is small: the high-loss targets). A ratio
+    far from 1 says the targets are reached so early that the warmup, not the batch, shapes S. NaN where
+    either fit fails.
+    """
+    batches, S = np.asarray(batches, dtype=np.float64), np.asarray(S, dtype=np.float64)
+    W = np.asarray(warmup_steps, dtype=np.float64)
+    S_peak = np.stack([peak_lr_steps(row, w) for row, w in zip(S, W)])
+    ones = np.ones((1, len(batches)))
+    out = np.full(S.shape[1], np.nan)
+    for j in range(S.shape[1]):
+        raw_s, raw_e = fit_steps_vs_batch_many(batches, S[:, j], ones)
+        peak_s, peak_e = fit_steps_vs_batch_many(batches, S_peak[:, j], ones)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[j] = (peak_e[0] / peak_s[0]) / (raw_e[0] / raw_s[0])
+    return out
+
+
 def fit_bcrit_law(L, B_crit, weights=None) -> tuple[float, float, fitting.PowerLawFit]:
     """Regress log B_crit = log B* − (1/α_B) log L; returns (B*, α_B, the underlying WLS fit)."""
     fit = fitting.wls_loglog(L, B_crit, weights)

@@ -13,6 +13,8 @@ after warmup. Pipeline:
      B_crit(L_j) share the same runs; the targets stay those of the full data;
   6. pointwise along every curve (Kaplan eqs 5.4/5.5): S_min = S/(1+B_crit(L)/B),
      E_min = E/(1+B/B_crit(L)), C_min = flops_per_token·E_min (summary.json's 6N convention).
+  7. `warmup_check`: how far the runs' LR warmup moves B_crit (S counted at the peak LR instead), per model
+     (bcrit.json `warmup`; the report names it above bcrit.WARMUP_RATIO_NOTE).
 
 Run directories need summary.json (batch_tokens, n_params_nonembedding, flops_per_token) and
 eval.jsonl (step, tokens, eval_loss). Pure numpy/scipy (scaling.analysis.bcrit).
@@ -46,6 +48,7 @@ class ScanRun:
     tokens: np.ndarray
     loss: np.ndarray            # eval_loss
     learning_rate: float = math.nan  # peak LR (summary.json); runs of one batch at several LRs form an LR grid
+    warmup_steps: int = 0            # linear LR warmup (summary.json): `warmup_check`
 
     @property
     def best_loss(self) -> np.ndarray:
@@ -72,7 +75,8 @@ def load_scan_run(workdir: str, name: str | None = None, model: str | None = Non
                    tokens=np.array([r.get("tokens", r["step"] * summary["batch_tokens"]) for r in evals],
                                    dtype=np.float64),
                    loss=np.array([r["eval_loss"] for r in evals], dtype=np.float64),
-                   learning_rate=float(summary.get("learning_rate") or math.nan))
+                   learning_rate=float(summary.get("learning_rate") or math.nan),
+                   warmup_steps=int(summary.get("warmup_steps") or 0))
 
 
 def group_by_model(runs: list[ScanRun]) -> dict[str, list[ScanRun]]:
@@ -92,10 +96,11 @@ def choose_targets(runs: list[ScanRun], n_targets: int = 30, loss_range=None,
     The top is below every run's first evaluation (so each crossing is interpolated, not clamped) and
     the bottom is the worst batch size's best loss (with an LR grid, the best of that batch's LRs: a target
     only its best LR reaches is still measured, `steps_by_batch`). ``loss_range`` = (lo, hi) narrows the span. Only the lowest
-    ``target_fraction`` of that span (in log loss) is used: early in training (the unigram and bigram
-    statistics) B_crit is nearly constant and eq 5.3 does not describe it (measured on the quick preset's
-    scan: 700-900 tokens from 6.1 to 5.3 nats, then rising to 1,750 at 4.8; over the whole span
-    B*/L^(1/α_B) has R² 0.70, over the lower half 0.95).
+    ``target_fraction`` of that span (in log loss) is used: early in training B_crit is nearly constant and eq 5.3
+    does not describe it (measured on the quick preset's scan: 700-900 tokens from 6.1 to 5.3 nats, then rising to
+    1,750 at 4.8; over the whole span B*/L^(1/α_B) has R² 0.70, over the lower half 0.95). Most of that flatness is
+    the scan's warmup fixed in tokens (`warmup_check`): with a 12-step warmup at every batch the whole span has
+    R² 0.953 and the lower half 0.984 (experiments/results/kaplan_cpu_scan_warmup).
     """
     if not 0.0 < target_fraction <= 1.0:
         raise ValueError(f"target_fraction must be in (0, 1], got {target_fraction}")
@@ -148,6 +153,20 @@ def steps_by_batch(runs: list[ScanRun], targets) -> tuple[np.ndarray, list[str],
     return batches, names, np.array(rows), lr_grid
 
 
+def warmup_check(model: str, group: list[ScanRun], batches, names, targets, S) -> dict:
+    """How much the runs' LR warmup shapes one model's B_crit (bcrit.warmup_sensitivity): B_crit at each target
+    with S counted at the peak LR ÷ B_crit in optimizer steps, at the median target and the highest (earliest)
+    one. A warmup fixed in tokens (long at small batches) moves it most (README, the batch scan's warmup)."""
+    by_name = {r.name: r for r in group}
+    W = [max(by_name[n].warmup_steps for n in row.split("|")) for row in names]
+    ratio = bcrit.warmup_sensitivity(batches, S, W)
+    finite = ratio[np.isfinite(ratio)]
+    return {"model": model, "warmup_steps": {f"{b:g}": int(w) for b, w in zip(batches, W)},
+            "bcrit_ratio_median": float(np.median(finite)) if len(finite) else None,
+            "bcrit_ratio_highest_target": float(ratio[0]) if np.isfinite(ratio[0]) else None,
+            "highest_target": float(targets[0])}
+
+
 def fit_scan(runs: list[ScanRun], n_targets: int = 30, n_boot: int = 200, seed: int = 0, level: float = 0.95,
              loss_range=None, target_fraction: float = TARGET_FRACTION) -> dict:
     """The whole §2.2 pipeline on a scan; B in tokens. Models with < 2 batch sizes are skipped (listed).
@@ -157,7 +176,7 @@ def fit_scan(runs: list[ScanRun], n_targets: int = 30, n_boot: int = 200, seed: 
     Runs of one model at the same batch size and different LRs are an LR grid: each target's steps at that
     batch are the fewest any of its LRs needs (`steps_by_batch`), and the bootstrap resamples batch sizes.
     """
-    scans, skipped, lr_grid = [], [], []
+    scans, skipped, lr_grid, warmup = [], [], [], []
     for model, group in sorted(group_by_model(runs).items()):
         batches = np.array([r.batch_tokens for r in group])
         if len(np.unique(batches)) < 2:
@@ -166,6 +185,7 @@ def fit_scan(runs: list[ScanRun], n_targets: int = 30, n_boot: int = 200, seed: 
         targets = choose_targets(group, n_targets, loss_range, target_fraction)
         batches, names, S, grid = steps_by_batch(group, targets)
         lr_grid += grid
+        warmup.append(warmup_check(model, group, batches, names, targets, S))
         scans.append(bcrit.Scan(model=model, n_params_nonembedding=group[0].n_params_nonembedding,
                                 run_names=names, batches=batches, targets=targets, S=S))
     fit = bcrit.fit_scans(scans, n_boot=n_boot, seed=seed, level=level)
@@ -175,6 +195,7 @@ def fit_scan(runs: list[ScanRun], n_targets: int = 30, n_boot: int = 200, seed: 
         "skipped_models": skipped, "not_reached": fit["not_reached"],
         "bracketed_fraction": float(np.mean([p["bracketed"] for p in fit["per_target"]])),
         "lr_grid": lr_grid,
+        "warmup": warmup,
         "paper": dict(PAPER),
     }
 

@@ -129,6 +129,24 @@ def _bcrit_shape_text(shape: dict, lr_grid: list) -> str:
     return "; ".join(parts)
 
 
+def _warmup_text(warmup: list, threshold: float) -> str:
+    """Words for how far the runs' LR warmup moves B_crit (noise/bcrit.json `warmup`, batch_scan.warmup_check),
+    when it moves it by more than ``threshold`` at a model's median or highest target; '' otherwise."""
+    moved = [w for w in warmup or [] if any(r is not None and abs(r - 1.0) > threshold
+                                          for r in (w.get("bcrit_ratio_median"), w.get("bcrit_ratio_highest_target")))]
+    if not moved:
+        return ""
+    steps = sorted({int(v) for w in moved for v in (w.get("warmup_steps") or {}).values()})
+    span = f"{steps[-1]}" if len(steps) == 1 else f"{steps[-1]} to {steps[0]}"
+    ratios = "; ".join(f"{w['model']}: ×{w['bcrit_ratio_highest_target']:.2f} at L = {w['highest_target']:.3g}, "
+                       f"×{w['bcrit_ratio_median']:.2f} at the median target" for w in moved
+                       if w.get("bcrit_ratio_highest_target") is not None and w.get("bcrit_ratio_median") is not None)
+    return (f"the runs' LR warmup ({span} steps) shapes S: counted in steps at the peak LR (a linear warmup of W steps "
+            f"as (W−1)/2 lost), B_crit moves ({ratios}); a warmup fixed in tokens is long at small batches and "
+            "inflates B_crit most at high loss, which flattens B_crit(L) there; one short warmup at every batch "
+            "size avoids it")
+
+
 def section_bcrit(rep: Report) -> list:
     """B_crit(L) with B_simple (Fig. 10) from noise/bcrit.json."""
     path = os.path.join(rep.root, "noise", "bcrit.json")
@@ -151,7 +169,8 @@ def section_bcrit(rep: Report) -> list:
         notes.append(f"{unbracketed} of {len(per)} targets are not bracketed by the scanned batches (bounds only)")
     models = b.get("models") or []
     rng = f"{b.get('n_runs', '?')} batch-scan runs, models {', '.join(map(str, models)) or '?'}; losses {value_range(Lt)}"
-    shape = _bcrit_shape_text(bcrit.bcrit_shape(per), b.get("lr_grid") or [])
+    shape = "; ".join(t for t in (_bcrit_shape_text(bcrit.bcrit_shape(per), b.get("lr_grid") or []),
+                                  _warmup_text(b.get("warmup"), bcrit.WARMUP_RATIO_NOTE)) if t)
     rep.exponent("α_B", "B_crit(L) = B*/L^(1/α_B), batch scan", b["alpha_B"], ci.get("alpha_B"), T5["alpha_B"],
                  "Table 5 / eq 5.3", rng + (f"; {shape}" if shape else ""), notes + notes_a)
     pivot = b.get("pivot") or {}

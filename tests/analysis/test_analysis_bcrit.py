@@ -164,3 +164,32 @@ def test_bcrit_shape_tells_a_law_in_tokens_from_a_law_in_loss():
                                       E_min=float(p["E_min"] * np.exp(rng.normal(0, 1.0)))) for p in pts])
     assert by_loss["r2_vs_loss"] == pytest.approx(1.0, abs=1e-12) and by_loss["r2_vs_tokens"] < 0.9
     assert bcrit.bcrit_shape(pts[:2])["r2_vs_tokens"] is None  # too few points: no comparison
+
+
+def test_peak_lr_steps_sums_the_trainers_warmup_schedule():
+    # The trainer's warmup: lr_t / peak = (t + 1) / W for t < W, then 1 (scaling/train/optimizers.py).
+    W = 8
+    frac = np.minimum(1.0, (np.arange(40) + 1.0) / W)
+    cumulative = np.cumsum(frac)                               # after S updates: cumulative[S - 1]
+    for S in (1, 3, 7, 8, 9, 20, 40):
+        assert bcrit.peak_lr_steps(S, W) == pytest.approx(cumulative[S - 1])
+    assert np.array_equal(bcrit.peak_lr_steps([5.0, 50.0], 1), [5.0, 50.0])   # no warmup: the steps themselves
+    assert np.array_equal(bcrit.peak_lr_steps([5.0, 50.0], 0), [5.0, 50.0])
+
+
+def test_warmup_sensitivity_sees_a_warmup_fixed_in_tokens_and_not_a_short_one():
+    # True law at each target: S = S_min + E_min/B in steps at the peak LR. A run that warms up over W steps needs
+    # (W-1)/2 more optimizer steps (past its warmup). Fixed in tokens, W ∝ 1/B adds ∝ 1/B: it looks like E_min.
+    batches = np.array([256.0, 512, 1024, 2048, 4096, 8192])
+    s_min = np.array([100.0, 150, 250])
+    e_min = s_min * np.array([800.0, 1200, 2000])                  # B_crit 800 ... 2,000 tokens
+    true = s_min[None, :] + e_min[None, :] / batches[:, None]
+    in_tokens = np.round(51200 / batches)                          # 200 steps at B = 256 ... 6 at 8,192
+    S = true + (in_tokens[:, None] - 1) / 2
+    assert np.all(S >= in_tokens[:, None])                         # every target is past every warmup: exact
+    ratio = bcrit.warmup_sensitivity(batches, S, in_tokens)
+    raw = np.array([bcrit.fit_steps_vs_batch(batches, S[:, j]).B_crit for j in range(3)])
+    assert np.allclose(raw * ratio, e_min / s_min, rtol=1e-6)      # the peak-LR clock recovers the true B_crit
+    assert ratio[0] < 0.85 and ratio[0] < ratio[-1] < 1            # raw B_crit inflated, most at the highest target
+    short = true + (12 - 1) / 2                                    # 12 steps at every batch
+    assert np.allclose(bcrit.warmup_sensitivity(batches, short, np.full(6, 12.0)), 1.0 + 5.5 / s_min, rtol=1e-6)

@@ -110,6 +110,11 @@ def test_scan_pipeline_recovers_the_b_crit_law(tmp_path):
         assert p["B_crit_lo"] <= p["B_crit"] <= p["B_crit_hi"]
         assert p["bracketed"]  # B_crit(L) runs from 4e4 to 7e5 tokens, inside both grids
         assert p["S_min"] == pytest.approx(s_min_of(p["target_loss"], p["n_params_nonembedding"]), rel=0.2)
+    # no warmup in these runs: counting steps at the peak LR changes nothing
+    assert [w["model"] for w in result["warmup"]] == result["models"]
+    for w in result["warmup"]:
+        assert w["bcrit_ratio_median"] == pytest.approx(1.0) and w["bcrit_ratio_highest_target"] == pytest.approx(1.0)
+        assert set(w["warmup_steps"].values()) == {0}
     # targets: reached by every run, below every first evaluation
     for model in result["models"]:
         ts = [p["target_loss"] for p in result["per_target"] if p["model"] == model]
@@ -189,3 +194,19 @@ def test_lr_grid_takes_the_fastest_lr_at_each_batch(tmp_path):
     for g in grid["lr_grid"]:
         assert g["learning_rates"] == [1e-3, 3e-4] and g["fastest_at_targets"] == [20, 0]
         assert g["runs"] == [g["fastest_run"], g["fastest_run"] + "_slow"]
+
+
+def test_warmup_check_reads_each_runs_warmup_and_measures_its_effect(tmp_path):
+    # The same runs with a warmup fixed in tokens (2^20 tokens: 64 steps at B = 2^14 ... 1 at 2^21), as the quick
+    # preset's scan: S counted at the peak LR loses (W-1)/2 steps at small batches, so B_crit moves, most at the
+    # highest target (earliest, smallest S).
+    runs = make_scan(str(tmp_path))
+    for r in runs:
+        r.warmup_steps = max(1, int(2 ** 20 // r.batch_tokens))
+    result = batch_scan.fit_scan(runs, n_targets=20, n_boot=0, seed=0)
+    for w in result["warmup"]:
+        assert w["warmup_steps"][f"{2.0 ** 15:g}"] == 32 and w["warmup_steps"][f"{2.0 ** 21:g}"] == 1
+        assert w["bcrit_ratio_highest_target"] < w["bcrit_ratio_median"] < 1.0
+        assert w["highest_target"] == max(p["target_loss"] for p in result["per_target"] if p["model"] == w["model"])
+    loaded = batch_scan.load_scan_run(write_run(str(tmp_path), "w", 1e6, 2 ** 15))
+    assert loaded.warmup_steps == 0                                 # summary.json's warmup_steps

@@ -1,7 +1,7 @@
 """The one B_crit pipeline reproduces the committed reference result (experiments/results/kaplan_cpu_quick/noise/).
 
-The reference root keeps no run directories, but smin_cmin.csv holds every evaluation (step, tokens, eval loss)
-of every batch-scan run, in the order the scan loaded them: enough to rebuild the runs and refit B_crit(L)
+smin_cmin.csv holds every evaluation (step, tokens, eval loss) of every batch-scan run, in the order the scan
+loaded them, and each run's kept summary.json its warmup: enough to rebuild the runs and refit B_crit(L)
 with the options `experiments.noise_scale` used (30 targets per model, 500 whole-run bootstrap replicates,
 seed 0). Every number of bcrit.json must come back to float rounding: the per-target hyperbola (a fixed 60
 Levenberg-Marquardt iterations in numpy) settles to ~1e-9 relative, so reruns on another BLAS or CPU differ
@@ -33,8 +33,14 @@ def reference_runs() -> list:
             name=name, model=name.split("-")[0], n_params_nonembedding=n, batch_tokens=batch,
             flops_per_token=c_min * 8.64e19 / e_min,
             steps=np.array([float(r["step"]) for r in rows]), tokens=np.array([float(r["tokens"]) for r in rows]),
-            loss=np.array([float(r["loss"]) for r in rows])))
+            loss=np.array([float(r["loss"]) for r in rows]), warmup_steps=warmup_steps(name)))
     return runs
+
+
+def warmup_steps(name: str) -> int:
+    """The run's warmup (bcrit.json `warmup`), from its kept summary.json."""
+    with open(os.path.join(REFERENCE, "..", "runs", name, "summary.json")) as f:
+        return int(json.load(f)["warmup_steps"])
 
 
 def assert_close(got, want, path="bcrit.json"):

@@ -21,3 +21,15 @@ def test_untuned_runs_are_the_grid_runs_other_than_each_batch_fastest(tmp_path):
     with open(tmp_path / "noise" / "bcrit.json", "w") as f:
         json.dump({"lr_grid": []}, f)                 # one LR per batch (the presets): every run stays
     assert batch.untuned_runs(rep) == set()
+
+
+def test_the_warmup_is_named_only_when_it_moves_b_crit():
+    small = [{"model": "cpu_25k", "warmup_steps": {"256": 12, "8192": 12}, "bcrit_ratio_median": 1.03,
+              "bcrit_ratio_highest_target": 1.05, "highest_target": 5.4}]
+    assert batch._warmup_text(small, 0.1) == ""
+    assert batch._warmup_text(None, 0.1) == ""                     # a bcrit.json written before the check
+    large = [{"model": "cpu_6k", "warmup_steps": {"256": 200, "512": 100, "8192": 6}, "bcrit_ratio_median": 0.85,
+              "bcrit_ratio_highest_target": 0.71, "highest_target": 5.51}] + small
+    text = batch._warmup_text(large, 0.1)
+    assert "200 to 6 steps" in text and "cpu_6k: ×0.71 at L = 5.51, ×0.85 at the median target" in text
+    assert text.count("cpu_6k") == 1                                # only the model whose B_crit it moves
