@@ -136,6 +136,7 @@ def peak_lr_steps(steps, warmup_steps: int):
     return np.where(S >= W, S - (W - 1.0) / 2.0, S * (S + 1.0) / (2.0 * W))
 
 
+COLLAPSE_TOLERANCE = 0.15   # model sizes' B_crit this far apart at equal loss (median) still count as one B_crit(L)
 WARMUP_RATIO_NOTE = 0.1   # the report names the warmup when it moves B_crit by more than this (either way)
 
 

@@ -102,8 +102,13 @@ def _bcrit_shape_text(shape: dict, lr_grid: list) -> str:
     has an LR grid, which LR was the fastest (noise/bcrit.json `lr_grid`)."""
     parts = []
     if shape.get("collapse") is not None:
-        parts.append(f"B_crit depends on L alone, as in the paper: at equal loss the model sizes' B_crit differ by a "
-                     f"median {shape['collapse']:.0%}")
+        if shape["collapse"] <= bcrit.COLLAPSE_TOLERANCE:
+            parts.append(f"B_crit depends on L alone, as in the paper: at equal loss the model sizes' B_crit differ by "
+                         f"a median {shape['collapse']:.0%}")
+        else:
+            parts.append(f"B_crit does not depend on L alone: at equal loss the model sizes' B_crit differ by a median "
+                         f"{shape['collapse']:.0%} (Kaplan §5.1 finds no dependence on N), so one B_crit(L) for every "
+                         "size is a compromise")
     hi, lo = shape.get("alpha_B_high_L"), shape.get("alpha_B_low_L")
     if hi and lo:
         text = f"fitted separately, α_B is {hi:.3f} above L = {shape['loss_split']:.3g} and {lo:.3f} below"

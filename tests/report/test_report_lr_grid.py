@@ -33,3 +33,10 @@ def test_the_warmup_is_named_only_when_it_moves_b_crit():
     text = batch._warmup_text(large, 0.1)
     assert "200 to 6 steps" in text and "cpu_6k: ×0.71 at L = 5.51, ×0.85 at the median target" in text
     assert text.count("cpu_6k") == 1                                # only the model whose B_crit it moves
+
+
+def test_the_sizes_collapse_is_named_only_within_tolerance():
+    near = batch._bcrit_shape_text({"collapse": 0.05}, [])
+    far = batch._bcrit_shape_text({"collapse": 0.38}, [])
+    assert near.startswith("B_crit depends on L alone") and "5%" in near
+    assert far.startswith("B_crit does not depend on L alone") and "38%" in far
