@@ -146,10 +146,13 @@ def _warmup_text(warmup: list, threshold: float) -> str:
     ratios = "; ".join(f"{w['model']}: ×{w['bcrit_ratio_highest_target']:.2f} at L = {w['highest_target']:.3g}, "
                        f"×{w['bcrit_ratio_median']:.2f} at the median target" for w in moved
                        if w.get("bcrit_ratio_highest_target") is not None and w.get("bcrit_ratio_median") is not None)
+    inflated = all((w.get("bcrit_ratio_highest_target") or 1.0) < 1.0 for w in moved)
+    why = ("the warmup is longer at the small batches (fixed in tokens), so it inflates B_crit, most at high loss, "
+           "and flattens B_crit(L) there" if inflated else
+           "the warmup adds to every batch's steps (it reads as S_min), so it lowers B_crit, most at high loss")
     return (f"the runs' LR warmup ({span} steps) shapes S: counted in steps at the peak LR (a linear warmup of W steps "
-            f"as (W−1)/2 lost), B_crit moves ({ratios}); a warmup fixed in tokens is long at small batches and "
-            "inflates B_crit most at high loss, which flattens B_crit(L) there; one short warmup at every batch "
-            "size avoids it")
+            f"as (W−1)/2 lost), B_crit moves ({ratios}); {why}; one warmup short against the steps to the highest "
+            "target, at every batch size, avoids it")
 
 
 def section_bcrit(rep: Report) -> list:

@@ -33,6 +33,11 @@ def test_the_warmup_is_named_only_when_it_moves_b_crit():
     text = batch._warmup_text(large, 0.1)
     assert "200 to 6 steps" in text and "cpu_6k: ×0.71 at L = 5.51, ×0.85 at the median target" in text
     assert text.count("cpu_6k") == 1                                # only the model whose B_crit it moves
+    assert "inflates B_crit" in text
+    long_in_steps = [{"model": "cpu_6k", "warmup_steps": {"256": 100, "8192": 100}, "bcrit_ratio_median": 1.2,
+                      "bcrit_ratio_highest_target": 1.6, "highest_target": 5.5}]
+    text = batch._warmup_text(long_in_steps, 0.1)
+    assert "100 steps" in text and "lowers B_crit" in text and "inflates" not in text
 
 
 def test_the_sizes_collapse_is_named_only_within_tolerance():
