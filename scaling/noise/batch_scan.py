@@ -86,7 +86,9 @@ def group_by_model(runs: list[ScanRun]) -> dict[str, list[ScanRun]]:
     return out
 
 
-TARGET_FRACTION = 0.5   # targets span the lower half (in log loss) of the losses every run reaches
+# Targets span every loss each run reaches (noise-scale spec §2.2 step 4). Until session 16 the lower half only
+# (0.5), a workaround for the flat B_crit at high loss that the scan's warmup, fixed in tokens, made (below).
+TARGET_FRACTION = 1.0
 
 
 def choose_targets(runs: list[ScanRun], n_targets: int = 30, loss_range=None,
@@ -96,11 +98,12 @@ def choose_targets(runs: list[ScanRun], n_targets: int = 30, loss_range=None,
     The top is below every run's first evaluation (so each crossing is interpolated, not clamped) and
     the bottom is the worst batch size's best loss (with an LR grid, the best of that batch's LRs: a target
     only its best LR reaches is still measured, `steps_by_batch`). ``loss_range`` = (lo, hi) narrows the span. Only the lowest
-    ``target_fraction`` of that span (in log loss) is used: early in training B_crit is nearly constant and eq 5.3
-    does not describe it (measured on the quick preset's scan: 700-900 tokens from 6.1 to 5.3 nats, then rising to
-    1,750 at 4.8; over the whole span B*/L^(1/α_B) has R² 0.70, over the lower half 0.95). Most of that flatness is
-    the scan's warmup fixed in tokens (`warmup_check`): with a 12-step warmup at every batch the whole span has
-    R² 0.953 and the lower half 0.984 (experiments/results/kaplan_cpu_scan_warmup).
+    ``target_fraction`` of that span (in log loss) is used (default: all of it). A scan whose warmup is long
+    against the steps to the highest targets flattens B_crit there (the quick preset's scan until session 16, warmed
+    up over ~51k tokens: 700-900 tokens from 6.1 to 5.3 nats, then rising to 1,750 at 4.8; over the whole span
+    B*/L^(1/α_B) had R² 0.70, over the lower half 0.95, which that scan used); with a 12-step warmup at every batch
+    the whole span has R² 0.953 (experiments/results/kaplan_cpu_scan_warmup), and the lower half's steeper line,
+    extrapolated to a ladder's lower losses through S_min, bent L(N) (README "The batch scan's warmup").
     """
     if not 0.0 < target_fraction <= 1.0:
         raise ValueError(f"target_fraction must be in (0, 1], got {target_fraction}")
@@ -196,6 +199,7 @@ def fit_scan(runs: list[ScanRun], n_targets: int = 30, n_boot: int = 200, seed: 
         "bracketed_fraction": float(np.mean([p["bracketed"] for p in fit["per_target"]])),
         "lr_grid": lr_grid,
         "warmup": warmup,
+        "target_fraction": float(target_fraction),
         "paper": dict(PAPER),
     }
 
