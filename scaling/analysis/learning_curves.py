@@ -56,6 +56,9 @@ class SeparableFit:
     r2_log: float                   # R² of log L over all fitted points
     per_run_rms: dict               # run name -> RMS relative residual
     bcrit_used: bool                # True when S_min = S/(1 + B_crit(L)/B) was applied
+    at_search_bound: bool = False   # S_c at the top of its search range or α_S at its floor: the step term runs
+                                    # off toward one straight power law in S, so the L∞ are not separable from it
+                                    # on these curves (S_c at its *lower* edge is harmless: a small step term)
 
     def step_term(self, s_min) -> np.ndarray:
         return (self.s_c / np.asarray(s_min, dtype=np.float64)) ** self.alpha_s
@@ -64,7 +67,8 @@ class SeparableFit:
         return {"form": "L_r(S) = L_inf_r + (S_c/S_min)^alpha_S (Kaplan eq 1.6, free L(N) term)",
                 "S_c": self.s_c, "alpha_S": self.alpha_s, "L_inf": dict(self.l_inf),
                 "rms_relative_residual": self.rms_rel, "r2_log": self.r2_log, "n_points": self.n_points,
-                "per_run_rms_relative": dict(self.per_run_rms), "s_min_correction": self.bcrit_used}
+                "per_run_rms_relative": dict(self.per_run_rms), "s_min_correction": self.bcrit_used,
+                "at_search_bound": self.at_search_bound}
 
 
 def curve_window(steps, loss, start_fraction: float = 0.25, min_step: float = 1.0):
@@ -163,10 +167,12 @@ def fit_separable(curves: Sequence[Curve], *, b_crit: Callable | None = None, st
     log_hat = np.log(packed.loss * (1.0 + r_all))
     ss_tot = float(np.sum((log_l - log_l.mean()) ** 2))
     r2 = 1.0 - float(np.sum((log_l - log_hat) ** 2)) / ss_tot if ss_tot > 0 else float("nan")
+    edge = 1e-3   # in log S_c and log α_S
+    at_bound = hi_sc - log_sc < edge or math.log(alpha / alpha_bounds[0]) < edge
     return SeparableFit(s_c=math.exp(log_sc), alpha_s=alpha, l_inf=dict(zip(names, l_inf)),
                         rms_rel=float(np.sqrt(np.mean(r_all ** 2))), n_points=int(len(r_all)), r2_log=r2,
                         per_run_rms={n: float(np.sqrt(np.mean(r ** 2))) for n, r in zip(names, resid)},
-                        bcrit_used=b_crit is not None)
+                        bcrit_used=b_crit is not None, at_search_bound=bool(at_bound))
 
 
 def power_law_fit(n, l_inf) -> tuple[float, float]:

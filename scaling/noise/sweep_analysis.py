@@ -24,6 +24,8 @@ class Options:
     targets: int = 30
     skip_steps: int | None = None
     seed: int = 0
+    # Share of the span (in log loss) every scan run reaches that the B_crit(L) targets cover, from its low end.
+    target_fraction: float = batch_scan.TARGET_FRACTION
     # Each run's noise_scale.png (~1 s of matplotlib per run; the JSON holds every number in it). `make reproduce`
     # leaves them out (38 runs: ~40 s of its CPU time); `experiments.noise_scale --root` draws them.
     plot_runs: bool = True
@@ -141,7 +143,8 @@ def analyse_root(root: str, opts: Options, reanalyse: bool = False) -> dict:
 
 
 def write_bcrit(root: str, scan_runs, per_run: dict, opts: Options) -> dict:
-    result = batch_scan.fit_scan(scan_runs, n_targets=opts.targets, n_boot=opts.bootstrap, seed=opts.seed)
+    result = batch_scan.fit_scan(scan_runs, n_targets=opts.targets, n_boot=opts.bootstrap, seed=opts.seed,
+                                 target_fraction=opts.target_fraction)
     result["b_simple_vs_loss"] = [
         {"run": s.name, "loss": row["loss"], "b_simple": row["b_simple"], "lo": row["lo"], "hi": row["hi"]}
         for s in scan_runs if s.name in per_run for row in per_run[s.name]["by_loss"]]

@@ -8,11 +8,12 @@ import os
 
 import numpy as np
 
-from scaling.analysis import api, bcrit, laws
+from scaling.analysis.io import InputError
+from scaling.analysis import api, bcrit, laws, learning_curves
 from scaling.analysis import report_tables as rt
 from scaling.core import formulas
 from scaling.report.document import Report, T3, T5, fmt, log_grid, notes_text, paper_slope_line, param_ci_notes, value_range
-from scaling.report.loader import need
+from scaling.report.loader import NotMeasured, need
 
 
 def batch_scan_words(rep: Report) -> str:
@@ -57,6 +58,8 @@ def section_lns(rep: Report) -> list:
     N = np.array([float(r["n_params_nonembedding"]) for r in rows])
     S = np.array([float(r["S_min"]) for r in rows])
     L = np.array([float(r["loss"]) for r in rows])
+    if len(Ns) < MIN_NS_SIZES_FOR_ALPHA_N:
+        return _lns_per_size(rep, rows, N, S, L, Ns, n_all, dropped)
     fit = api.fit_law("kaplan_ns", dict(N=N, S=S, loss=L), n_boot=rep.n_boot, seed=rep.seed)
     p, ci = fit.record["params"], fit.record["ci95"]
     pred = laws.loss_of_ns(N, S, p["N_c"], p["S_c"], p["alpha_N"], p["alpha_S"])
@@ -67,12 +70,9 @@ def section_lns(rep: Report) -> list:
     rng = f"N = {value_range(N)}, S_min = {value_range(S)} steps, {len(rows)} points" + (
         f" (thinned evenly within each run from {n_all})" if n_all > len(rows) else "") + (
         f"; LR grid: each batch's fastest LR only ({len(dropped)} runs at other LRs left out)" if dropped else "")
-    # α_N is the N term's exponent: with two model sizes it rests on two points and is not identified (its CI
-    # spans orders of magnitude), so it is a headline number only from >= 3 sizes; the section still gives it.
-    n_sizes_ok = len(Ns) >= MIN_NS_SIZES_FOR_ALPHA_N
-    if n_sizes_ok:
-        rep.exponent("α_N (eq 1.6, batch scan)", "L(N, S_min) fit, batch-scan curves", p["alpha_N"], ci.get("alpha_N"),
-                     T3["alpha_N"], "Table 3", rng, notes + notes_n, checks="α_N")
+    # With >= MIN_NS_SIZES_FOR_ALPHA_N sizes the N term's exponent is a measurement (fewer: _lns_per_size).
+    rep.exponent("α_N (eq 1.6, batch scan)", "L(N, S_min) fit, batch-scan curves", p["alpha_N"], ci.get("alpha_N"),
+                 T3["alpha_N"], "Table 3", rng, notes + notes_n, checks="α_N")
     rep.exponent("α_S (batch scan)", "L(N, S_min) fit, batch-scan curves", p["alpha_S"], ci.get("alpha_S"), T3["alpha_S"], "Table 3",
                  rng + " (paper S_min up to ~1e5)", notes + notes_s, checks="α_S")
     series = []
@@ -90,11 +90,87 @@ def section_lns(rep: Report) -> list:
             f"Eq. 1.6: α_N = {rt.format_ci(p['alpha_N'], ci.get('alpha_N'), '{:.4f}')}, "
             f"α_S = {rt.format_ci(p['alpha_S'], ci.get('alpha_S'), '{:.3f}')}, N_c = {fmt(p['N_c'])}, "
             f"S_c = {fmt(p['S_c'])}; R² (log) {q['r2_log']:.4f} (paper Table 3: α_N = {T3['alpha_N']}, "
-            f"α_S = {T3['alpha_S']}, S_c = {T3['S_c']:.1e}).{notes_text(notes + notes_n + notes_s)}"
-            + ("" if n_sizes_ok else
-               f" With {len(Ns)} model sizes the N term's exponent rests on {len(Ns)} points, so α_N is not in the "
-               f"exponent table (it needs >= {MIN_NS_SIZES_FOR_ALPHA_N} sizes; the ladder's α_N rows measure it)."),
+            f"α_S = {T3['alpha_S']}, S_c = {T3['S_c']:.1e}).{notes_text(notes + notes_n + notes_s)}",
             "", fig]
+
+
+def _lns_per_size(rep: Report, rows, N, S, L, Ns, n_all: int, dropped: set) -> list:
+    """Eq. 1.6 on a scan of fewer than MIN_NS_SIZES_FOR_ALPHA_N sizes: the N term as one free constant per size,
+    L(S_min) = L_N + (S_c/S_min)^α_S (what eq. 1.6 is at fixed N; learning_curves.fit_separable). With two sizes
+    (N_c/N)^α_N has exactly two values to match, so it is this form with α_N = ln(L_N1/L_N2)/ln(N2/N1), and when
+    the larger size's N term comes out near 0 that α_N runs off to infinity and the 4-parameter fit fails
+    (measured on the quick scan with a 12-step warmup: α_N → 8.3). α_S's interval: bootstrap over whole runs,
+    resampled within each size, as for B_crit(L)."""
+    runs = {}
+    for r, n, s_, l_ in zip(rows, N, S, L):
+        runs.setdefault(r["run"], (n, []))[1].append((s_, l_))
+
+    def curves_of(names):
+        by_size = {}
+        for name in names:
+            n, pts = runs[name]
+            by_size.setdefault(n, []).extend(pts)
+        return [learning_curves.Curve(f"N={n:.6g}", n, np.array([p[0] for p in pts]), np.array([p[1] for p in pts]), 1.0)
+                for n, pts in sorted(by_size.items())]
+
+    try:
+        sep = learning_curves.fit_separable(curves_of(list(runs)), start_fraction=0.0)
+    except InputError as e:
+        raise NotMeasured(f"eq. 1.6 per size is not possible on the scan's curves: {e}") from e
+    if sep.at_search_bound:
+        raise NotMeasured(
+            f"eq. 1.6 is not identified on the scan's curves ({len(Ns)} sizes, S_min = {value_range(S)} steps): "
+            f"fitted with the N term free per size, the optimum runs to the edge of the search (S_c = {fmt(sep.s_c)} "
+            f"steps, α_S = {sep.alpha_s:.3f}), i.e. over these steps the curves are straight in log-log and the "
+            "step term cannot be told from the constant; the ladder's learning curves measure α_S (the exponent "
+            "table's α_S row)")
+    rng_ = np.random.default_rng(rep.seed)
+    by_size = {}
+    for name, (n, _) in runs.items():
+        by_size.setdefault(n, []).append(name)
+    boot = []
+    for _ in range(rep.n_boot):
+        names = [str(x) for n in sorted(by_size) for x in rng_.choice(by_size[n], len(by_size[n]), replace=True)]
+        # a resampled size keeps duplicate runs: their points enter twice, as the bootstrap means
+        try:
+            b = learning_curves.fit_separable(curves_of(names), start_fraction=0.0)
+        except InputError:
+            continue
+        if not b.at_search_bound:
+            boot.append(b.alpha_s)
+    # One run of a size resamples to itself: with any such size the bootstrap measures nothing (no interval).
+    enough = min(len(v) for v in by_size.values()) >= 2 and len(boot) >= max(10, rep.n_boot // 2)
+    ci = [float(v) for v in np.percentile(boot, [2.5, 97.5])] if enough else None
+    l_n = {float(n): sep.l_inf[f"N={n:.6g}"] for n in Ns}
+    pred = np.array([l_n[float(n)] for n in N]) + sep.step_term(S)
+    q = rt.fit_quality(S, L, pred)
+    notes = rt.quality_notes(q)
+    notes_s = param_ci_notes("α_S", {"alpha_S": sep.alpha_s}, {"alpha_S": ci} if ci else {}, "alpha_S")
+    rep.save_fit("kaplan_ns", dict(sep.record(), form="L(S_min) = L_N + (S_c/S_min)^alpha_S per model size "
+                                   "(eq 1.6 at fixed N; too few sizes for alpha_N)",
+                                   ci95={"alpha_S": ci}, quality=q, notes=notes + notes_s,
+                                   n_boot=len(boot), sizes=[float(n) for n in Ns]))
+    rng = f"N = {value_range(N)}, S_min = {value_range(S)} steps, {len(rows)} points" + (
+        f" (thinned evenly within each run from {n_all})" if n_all > len(rows) else "") + (
+        f"; LR grid: each batch's fastest LR only ({len(dropped)} runs at other LRs left out)" if dropped else "")
+    rep.exponent("α_S (batch scan)", "L(S_min) = L_N + (S_c/S_min)^α_S per size, batch-scan curves", sep.alpha_s, ci,
+                 T3["alpha_S"], "Table 3", rng + " (paper S_min up to ~1e5)", notes + notes_s, checks="α_S")
+    series = []
+    for i, n in enumerate(Ns):
+        m = N == n
+        ci_ = i / max(len(Ns) - 1, 1)
+        series.append(dict(x=S[m], y=L[m], kind="scatter", size=8, cmap_index=ci_, label=f"N = {n:.2g}"))
+        g = log_grid(S[m])
+        series.append(dict(x=g, y=l_n[float(n)] + sep.step_term(g), kind="line", cmap_index=ci_))
+    fig = rep.figure("lns.png", [dict(title=f"L(N, S_min) per size: α_S = {sep.alpha_s:.2f}",
+                                      xlabel="S_min (steps, eq. 5.4)", ylabel="loss", ylog=True, series=series)],
+                     "L(N, S_min): Kaplan Fig. 11, eq. 1.6")
+    sizes = ", ".join(f"L_N = {l_n[float(n)]:.3f} at N = {n:.3g}" for n in Ns)
+    return [rng + ".", "",
+            f"Eq. 1.6 with the N term free per size ({len(Ns)} sizes: too few for α_N, which the ladder's rows "
+            f"measure): α_S = {rt.format_ci(sep.alpha_s, ci, '{:.3f}')} (bootstrap over runs), S_c = {fmt(sep.s_c)}, "
+            f"{sizes}; R² (log) {q['r2_log']:.4f} (paper Table 3: α_S = {T3['alpha_S']}, S_c = {T3['S_c']:.1e})."
+            f"{notes_text(notes + notes_s)}", "", fig]
 
 
 def _bcrit_shape_text(shape: dict, lr_grid: list) -> str:

@@ -93,6 +93,11 @@ def section_ln_converged(rep: Report) -> list:
         sep = learning_curves.fit_separable(curves, b_crit=b_crit)
     except InputError as e:
         raise NotMeasured(f"the learning-curve fit is not possible: {e}") from e
+    if sep.at_search_bound:
+        raise NotMeasured(f"the learning-curve fit is not identified: its optimum runs to the edge of the search "
+                          f"(S_c = {fmt(sep.s_c)} steps, α_S = {sep.alpha_s:.3f}), so the step term cannot be told "
+                          f"from the L∞ on curves of {value_range([c.steps.max() for c in curves], '.0f')} steps; "
+                          "train the rungs longer")
     N = np.array([c.n_params for c in curves])
     L_inf = np.array([sep.l_inf[c.name] for c in curves])
     alpha_s_jack = []

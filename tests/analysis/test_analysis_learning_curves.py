@@ -39,6 +39,18 @@ def test_recovers_step_law_and_converged_losses_exactly():
     assert fit.r2_log > 0.9999 and fit.rms_rel < 1e-6
 
 
+def test_a_fit_that_runs_to_the_edge_of_its_search_says_so():
+    """Curves that are one straight power law in S (no L∞ to separate from the step term) send S_c to the edge of
+    its search range: the fit flags it (and the report then measures neither); curves with a constant do not."""
+    good = lc.fit_separable(synthetic(NS, lambda n: 2000), start_fraction=0.0)
+    assert not good.at_search_bound and good.record()["at_search_bound"] is False
+    steps = np.arange(100, 2001, 100, dtype=float)
+    straight = [lc.Curve(f"r{i}", n, steps, 6.0 * (n / 1e4) ** -0.02 * steps ** -0.05, 1024.0)
+                for i, n in enumerate((1e4, 4e4))]
+    fit = lc.fit_separable(straight, start_fraction=0.0)
+    assert fit.at_search_bound and fit.record()["at_search_bound"] is True
+
+
 def test_s_min_correction_is_needed_when_the_data_has_it():
     b_crit = lambda loss: 2.0e4 / loss ** 4   # tokens; comparable to the batch at these losses
     curves = synthetic(NS, lambda n: 2000, b_crit=b_crit)

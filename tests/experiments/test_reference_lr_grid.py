@@ -40,7 +40,8 @@ def test_the_fit_takes_the_fastest_lr_and_says_where_the_grid_ends():
 
 def test_tuning_the_lr_does_not_straighten_b_crit_of_l():
     grid = load_bcrit()
-    one_lr = reference.read_json("kaplan_cpu_quick", "noise", "bcrit.json")
+    # The same scan at one LR, its warmup fixed in tokens as in the grid: the quick preset's until session 16.
+    one_lr = reference.read_json("kaplan_cpu_scan_warmup", "quick_token_warmup", "bcrit.json")
     assert grid["alpha_B"] < one_lr["alpha_B"]          # steeper with the LR tuned per batch
     assert grid["pivot"]["B_crit"] > one_lr["pivot"]["B_crit"]
     shape = bcrit.bcrit_shape(grid["per_target"])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-RESULTS = os.environ.get("QUICK_RESULTS") or os.path.join(REPO, "experiments", "results", "kaplan_cpu_quick")
+RESULTS = os.path.join(REPO, "experiments", "results", "kaplan_cpu_quick")
 
 
 def fit(name):
@@ -73,20 +73,26 @@ def test_equal_steps_leave_no_floor_to_explain():
     assert table.index("### Cross-checks") < table.index(row)
 
 
-def test_no_headline_row_is_flagged_but_b_crit_and_its_row_says_why():
-    """Item 8. The headline table (one row per quantity) carries no "poor fit" or "wide CI" flag except B_crit(L)'s:
-    one power law does not span its loss range, and the row says how (the sizes collapse onto one B_crit(L), which
-    steepens as the loss falls). N_c and B* are judged by the line inside the data, not by their own intervals."""
+def test_no_headline_row_is_flagged_poor_fit_or_wide_ci():
+    """Item 8. The headline table (one row per quantity) carries no "poor fit" or "wide CI" flag. B_crit(L)'s row
+    lost both in session 16 (a 12-step warmup at every batch of the scan, targets over every loss the runs reach);
+    it still says how B_crit(L) departs from one power law (the sizes collapse onto one B_crit(L), which steepens as
+    the loss falls), how a law in the tokens a target needs compares, and where the LR grid is. N_c and B* are
+    judged by the line inside the data, not by their own intervals."""
     table = report_section("Exponents")
     head = table.split("### Cross-checks")[0]
     flagged = [line.split("|")[1].strip() for line in head.splitlines()
                if line.startswith("| ") and ("poor fit" in line or "wide CI" in line)]
-    assert set(flagged) <= {"α_B"}, flagged
+    assert flagged == [], flagged
     alpha_b = next(line for line in head.splitlines() if line.startswith("| α_B |"))
     assert "B_crit depends on L alone" in alpha_b and "steepens as the loss falls" in alpha_b
-    # ... and how it compares with a law in the tokens a target needs, and where the LR grid that tests one LR for
-    # every batch is (gin/sweeps/kaplan_cpu_lr_grid.gin; its results: experiments/results/kaplan_cpu_lr_grid/).
     assert "B_crit ∝ E_min^" in alpha_b and "kaplan_cpu_lr_grid.gin" in alpha_b
+    # The 12-step warmup moves B_crit by at most ~11 % (at the highest target), where the token-fixed one moved it
+    # ×0.71; the row names it, and which way it moves B_crit.
+    with open(os.path.join(RESULTS, "noise", "bcrit.json")) as f:
+        warmup = json.load(f)["warmup"]
+    assert all(abs(w[k] - 1) < 0.15 for w in warmup for k in ("bcrit_ratio_median", "bcrit_ratio_highest_target"))
+    assert "LR warmup (12 steps)" in alpha_b and "lowers B_crit" in alpha_b
     for symbol in ("N_c", "B*"):
         row = next(line for line in head.splitlines() if line.startswith(f"| {symbol} |"))
         assert "inside the data the fit pins" in row and "wide CI" not in row

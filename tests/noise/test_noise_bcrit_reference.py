@@ -1,7 +1,10 @@
-"""The one B_crit pipeline reproduces the committed reference result (experiments/results/kaplan_cpu_quick/noise/).
+"""The one B_crit pipeline reproduces the committed reference results: the quick preset's
+(experiments/results/kaplan_cpu_quick/noise/) and, kept beside the warmup study, the quick preset's scan before
+session 16 (warmup fixed in tokens, targets over the lower half of the span;
+experiments/results/kaplan_cpu_scan_warmup/quick_token_warmup/).
 
 smin_cmin.csv holds every evaluation (step, tokens, eval loss) of every batch-scan run, in the order the scan
-loaded them, and each run's kept summary.json its warmup: enough to rebuild the runs and refit B_crit(L)
+loaded them, and each run's name its warmup (``-wu<steps>``): enough to rebuild the runs and refit B_crit(L)
 with the options `experiments.noise_scale` used (30 targets per model, 500 whole-run bootstrap replicates,
 seed 0). Every number of bcrit.json must come back to float rounding: the per-target hyperbola (a fixed 60
 Levenberg-Marquardt iterations in numpy) settles to ~1e-9 relative, so reruns on another BLAS or CPU differ
@@ -10,6 +13,7 @@ there (largest measured: 7.4e-9, a bootstrap B_crit bound); REL allows 1e-7.
 import csv
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -17,12 +21,14 @@ import pytest
 from scaling.noise import batch_scan
 
 REL = 1e-7
-REFERENCE = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "results", "kaplan_cpu_quick", "noise")
+RESULTS = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "results")
+REFERENCE = os.path.join(RESULTS, "kaplan_cpu_quick", "noise")
+TOKEN_WARMUP = os.path.join(RESULTS, "kaplan_cpu_scan_warmup", "quick_token_warmup")
 
 
-def reference_runs() -> list:
+def reference_runs(reference: str = REFERENCE) -> list:
     by_run: dict[str, list[dict]] = {}
-    with open(os.path.join(REFERENCE, "smin_cmin.csv")) as f:
+    with open(os.path.join(reference, "smin_cmin.csv")) as f:
         for row in csv.DictReader(f):
             by_run.setdefault(row["run"], []).append(row)
     runs = []
@@ -38,9 +44,10 @@ def reference_runs() -> list:
 
 
 def warmup_steps(name: str) -> int:
-    """The run's warmup (bcrit.json `warmup`), from its kept summary.json."""
-    with open(os.path.join(REFERENCE, "..", "runs", name, "summary.json")) as f:
-        return int(json.load(f)["warmup_steps"])
+    """The run's warmup (bcrit.json `warmup`), from its name (the presets sweep it: ``-wu<steps>``)."""
+    match = re.search(r"-wu(\d+)(-|$)", name)
+    assert match, f"{name}: no -wu<steps> in the run name"
+    return int(match.group(1))
 
 
 def assert_close(got, want, path="bcrit.json"):
@@ -59,8 +66,11 @@ def assert_close(got, want, path="bcrit.json"):
         assert got == want, path
 
 
-def test_fit_scan_reproduces_the_committed_bcrit_json():
-    with open(os.path.join(REFERENCE, "bcrit.json")) as f:
+@pytest.mark.parametrize("reference", [REFERENCE, TOKEN_WARMUP], ids=["quick", "quick_token_warmup"])
+def test_fit_scan_reproduces_the_committed_bcrit_json(reference):
+    with open(os.path.join(reference, "bcrit.json")) as f:
         want = json.load(f)
-    got = json.loads(json.dumps(batch_scan.fit_scan(reference_runs(), n_targets=30, n_boot=want["n_boot"], seed=0)))
-    assert_close(got, want)
+    fraction = want.get("target_fraction", 0.5)      # recorded since session 16; the lower half before
+    got = json.loads(json.dumps(batch_scan.fit_scan(reference_runs(reference), n_targets=30, n_boot=want["n_boot"],
+                                                    seed=0, target_fraction=fraction)))
+    assert_close(got, {**want, "target_fraction": fraction})

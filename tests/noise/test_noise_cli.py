@@ -69,6 +69,28 @@ def test_root_writes_bcrit_and_per_run_outputs(tmp_path):
     assert all(float(r["S_min"]) < float(r["step"]) for r in rows)
 
 
+def test_target_fraction_narrows_the_targets_and_is_recorded(tmp_path):
+    """--target_fraction=0.5 (what the results before session 16 used) fits the lower half of the span every scan
+    run reaches, and bcrit.json says which share it fitted; a share outside (0, 1] is refused before anything is
+    read or written."""
+    root = str(tmp_path)
+    write_root(root)
+    spans = {}
+    for fraction in ("1", "0.5"):
+        result = run_cli(f"--root={root}", "--bootstrap=10", "--targets=8", f"--target_fraction={fraction}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        with open(os.path.join(root, "noise", "bcrit.json")) as f:
+            bc = json.load(f)
+        assert bc["target_fraction"] == float(fraction)
+        losses = [p["target_loss"] for p in bc["per_target"] if p["model"] == "m1000000"]
+        spans[fraction] = (min(losses), max(losses))
+    assert spans["0.5"][0] == spans["1"][0] and spans["0.5"][1] < spans["1"][1]   # same low end, lower top
+    os.remove(os.path.join(root, "noise", "bcrit.json"))
+    result = run_cli(f"--root={root}", "--target_fraction=0")
+    assert result.returncode == 2 and "--target_fraction must be in (0, 1]" in result.stderr
+    assert not os.path.exists(os.path.join(root, "noise", "bcrit.json"))
+
+
 def test_root_without_noise_sums_is_a_clear_error(tmp_path):
     write_root(str(tmp_path), gns=False)
     result = run_cli(f"--root={tmp_path}")
