@@ -53,6 +53,10 @@ EXECUTOR = flags.DEFINE_enum("executor", "inprocess", ["inprocess", "subprocess"
 # The per-run B_simple figures are left out (~1 s each, 38 runs; their numbers are in each noise_scale.json and the
 # report's B_crit figure holds the scan's): `experiments.noise_scale --root=ROOT` draws them afterwards.
 NOISE_STAGE = ["experiments.noise_scale", "--noplot_runs"]
+# The full preset keeps the batch-scan design its reference results were made with: a warmup fixed in tokens and
+# B_crit(L) over the lower half of the losses every scan run reaches (the quick preset's until session 16). With the
+# quick preset's 12-step warmup and every target, its ladder's converged L(N) bends (gin/sweeps/kaplan_cpu_full.gin).
+PRESET_NOISE_FLAGS = {"quick": [], "full": ["--target_fraction=0.5"]}
 BOOTSTRAP = flags.DEFINE_integer("bootstrap", 200, "Bootstrap replicates for the prediction and the report.")
 
 
@@ -253,6 +257,7 @@ def main(argv):
 
     sweep_file = SWEEP.value or PRESETS[PRESET.value]
     root = os.path.abspath(ROOT.value)
+    noise_stage = NOISE_STAGE + PRESET_NOISE_FLAGS[PRESET.value] + [f"--root={root}"]
     try:
         _, runs = sweep.expand(sweep_file)
     except (sweep.SweepError, FileNotFoundError, ValueError) as e:
@@ -273,7 +278,7 @@ def main(argv):
             ok &= sweep_executor.run_sweep(sweep_file, root, workers=WORKERS.value, only=first_groups,
                                            executor=executor).ok
         log("2/5 noise scale and B_crit")
-        ok &= run_stage("noise", NOISE_STAGE + [f"--root={root}"])
+        ok &= run_stage("noise", noise_stage)
         log("3/5 predict the held-out rung")
         predict_in_child(root, runs, BOOTSTRAP.value)
         if later_groups:
@@ -285,7 +290,7 @@ def main(argv):
             # The later groups' per-run noise analyses and the report side by side: the report reads noise/bcrit.json,
             # which comes from the batch scan (analysed in stage 2, rewritten unchanged here), and no per-run file.
             log("5/5 report (beside the noise analysis of the later groups)")
-            ok &= run_stages([("noise", NOISE_STAGE + [f"--root={root}"]), report])
+            ok &= run_stages([("noise", noise_stage), report])
         else:
             log("5/5 report")
             ok &= run_stage(*report)
