@@ -143,3 +143,24 @@ def test_the_report_names_the_warmup_where_it_moves_b_crit():
     # The quick preset's 12 steps move B_crit ×1.05-1.11 (a warmup fixed in steps reads as S_min): named, with its sign.
     assert "the runs' LR warmup (12 steps) shapes S" in alpha_b_row(QUICK) and "lowers B_crit" in alpha_b_row(QUICK)
     assert "B_crit does not depend on L alone" in alpha_b_row(RESULTS)   # the three sizes, pooled
+
+
+def test_the_full_study_with_this_scan_is_why_the_full_preset_keeps_its_own():
+    """full_12step/: the full preset's two-size scan retrained with the 12-step warmup (10 runs; B = 32 already had
+    it) and analysed with every target, the rest of the committed full study reused (its ladder's eval curves).
+    B_crit(L) stays flagged there (R² < 0.95) and the converged L(N) bends (eq 1.1's bend p < 0.05), where the
+    committed full study (warmup fixed in tokens, lower-half targets) has no bend: so `reproduce --preset=full` keeps
+    that design (reproduce.PRESET_NOISE_FLAGS)."""
+    full = os.path.join(reference.results_dir(RESULTS), "full_12step")
+    with open(os.path.join(full, "bcrit.json")) as f:
+        b = json.load(f)
+    assert b["target_fraction"] == 1.0 and b["bracketed_fraction"] == 1.0
+    assert {re.search(r"-wu(\d+)", p["run"]).group(1) for p in b["b_simple_vs_loss"]} == {"12"}
+    got = json.loads(json.dumps(batch_scan.fit_scan(reference.scan_runs_from_csv(full), n_targets=30,
+                                                    n_boot=b["n_boot"], seed=0)))
+    reference.assert_close(got, b)
+    assert r2_log(b) < rt.R2_MIN
+    with open(os.path.join(full, "fits", "kaplan_n.json")) as f:
+        bent = json.load(f)["quality"]
+    assert bent["bend_p"] < 0.05
+    assert reference.read_json("kaplan_cpu_full", "fits", "kaplan_n.json")["quality"]["bend_p"] >= 0.05
