@@ -67,31 +67,40 @@ def section_lns(rep: Report) -> list:
     notes = rt.quality_notes(q)
     notes_n, notes_s = param_ci_notes("α_N", p, ci, "alpha_N"), param_ci_notes("α_S", p, ci, "alpha_S")
     rep.save_fit("kaplan_ns", dict(fit.record, quality=q, notes=notes + notes_n + notes_s))
-    rng = f"N = {value_range(N)}, S_min = {value_range(S)} steps, {len(rows)} points" + (
-        f" (thinned evenly within each run from {n_all})" if n_all > len(rows) else "") + (
-        f"; LR grid: each batch's fastest LR only ({len(dropped)} runs at other LRs left out)" if dropped else "")
+    rng = _lns_range(N, S, len(rows), n_all, dropped)
     # With >= MIN_NS_SIZES_FOR_ALPHA_N sizes the N term's exponent is a measurement (fewer: _lns_per_size).
     rep.exponent("α_N (eq 1.6, batch scan)", "L(N, S_min) fit, batch-scan curves", p["alpha_N"], ci.get("alpha_N"),
                  T3["alpha_N"], "Table 3", rng, notes + notes_n, checks="α_N")
     rep.exponent("α_S (batch scan)", "L(N, S_min) fit, batch-scan curves", p["alpha_S"], ci.get("alpha_S"), T3["alpha_S"], "Table 3",
                  rng + " (paper S_min up to ~1e5)", notes + notes_s, checks="α_S")
-    series = []
-    for i, n in enumerate(Ns):
-        m = N == n
-        ci_ = i / max(len(Ns) - 1, 1)
-        series.append(dict(x=S[m], y=L[m], kind="scatter", size=8, cmap_index=ci_, label=f"N = {n:.2g}"))
-        g = log_grid(S[m])
-        series.append(dict(x=g, y=laws.loss_of_ns(n, g, p["N_c"], p["S_c"], p["alpha_N"], p["alpha_S"]),
-                           kind="line", cmap_index=ci_))
-    fig = rep.figure("lns.png", [dict(title=f"L(N, S_min): α_N = {p['alpha_N']:.3f}, α_S = {p['alpha_S']:.2f}",
-                                      xlabel="S_min (steps, eq. 5.4)", ylabel="loss", ylog=True, series=series)],
-                     "L(N, S_min): Kaplan Fig. 11, eq. 1.6")
+    fig = _lns_figure(rep, N, S, L, Ns, lambda n, g: laws.loss_of_ns(n, g, p["N_c"], p["S_c"], p["alpha_N"],
+                                                                     p["alpha_S"]),
+                      f"L(N, S_min): α_N = {p['alpha_N']:.3f}, α_S = {p['alpha_S']:.2f}")
     return [rng + ".", "",
             f"Eq. 1.6: α_N = {rt.format_ci(p['alpha_N'], ci.get('alpha_N'), '{:.4f}')}, "
             f"α_S = {rt.format_ci(p['alpha_S'], ci.get('alpha_S'), '{:.3f}')}, N_c = {fmt(p['N_c'])}, "
             f"S_c = {fmt(p['S_c'])}; R² (log) {q['r2_log']:.4f} (paper Table 3: α_N = {T3['alpha_N']}, "
             f"α_S = {T3['alpha_S']}, S_c = {T3['S_c']:.1e}).{notes_text(notes + notes_n + notes_s)}",
             "", fig]
+
+
+def _lns_range(N, S, n_rows: int, n_all: int, dropped: set) -> str:
+    return f"N = {value_range(N)}, S_min = {value_range(S)} steps, {n_rows} points" + (
+        f" (thinned evenly within each run from {n_all})" if n_all > n_rows else "") + (
+        f"; LR grid: each batch's fastest LR only ({len(dropped)} runs at other LRs left out)" if dropped else "")
+
+
+def _lns_figure(rep: Report, N, S, L, Ns, curve, title: str) -> str:
+    """Fig. 11: each size's points and its fitted curve ``curve(n, S_min grid)``."""
+    series = []
+    for i, n in enumerate(Ns):
+        m = N == n
+        ci_ = i / max(len(Ns) - 1, 1)
+        series.append(dict(x=S[m], y=L[m], kind="scatter", size=8, cmap_index=ci_, label=f"N = {n:.2g}"))
+        g = log_grid(S[m])
+        series.append(dict(x=g, y=curve(n, g), kind="line", cmap_index=ci_))
+    return rep.figure("lns.png", [dict(title=title, xlabel="S_min (steps, eq. 5.4)", ylabel="loss", ylog=True,
+                                       series=series)], "L(N, S_min): Kaplan Fig. 11, eq. 1.6")
 
 
 def _lns_per_size(rep: Report, rows, N, S, L, Ns, n_all: int, dropped: set) -> list:
@@ -150,21 +159,11 @@ def _lns_per_size(rep: Report, rows, N, S, L, Ns, n_all: int, dropped: set) -> l
                                    "(eq 1.6 at fixed N; too few sizes for alpha_N)",
                                    ci95={"alpha_S": ci}, quality=q, notes=notes + notes_s,
                                    n_boot=len(boot), sizes=[float(n) for n in Ns]))
-    rng = f"N = {value_range(N)}, S_min = {value_range(S)} steps, {len(rows)} points" + (
-        f" (thinned evenly within each run from {n_all})" if n_all > len(rows) else "") + (
-        f"; LR grid: each batch's fastest LR only ({len(dropped)} runs at other LRs left out)" if dropped else "")
+    rng = _lns_range(N, S, len(rows), n_all, dropped)
     rep.exponent("α_S (batch scan)", "L(S_min) = L_N + (S_c/S_min)^α_S per size, batch-scan curves", sep.alpha_s, ci,
                  T3["alpha_S"], "Table 3", rng + " (paper S_min up to ~1e5)", notes + notes_s, checks="α_S")
-    series = []
-    for i, n in enumerate(Ns):
-        m = N == n
-        ci_ = i / max(len(Ns) - 1, 1)
-        series.append(dict(x=S[m], y=L[m], kind="scatter", size=8, cmap_index=ci_, label=f"N = {n:.2g}"))
-        g = log_grid(S[m])
-        series.append(dict(x=g, y=l_n[float(n)] + sep.step_term(g), kind="line", cmap_index=ci_))
-    fig = rep.figure("lns.png", [dict(title=f"L(N, S_min) per size: α_S = {sep.alpha_s:.2f}",
-                                      xlabel="S_min (steps, eq. 5.4)", ylabel="loss", ylog=True, series=series)],
-                     "L(N, S_min): Kaplan Fig. 11, eq. 1.6")
+    fig = _lns_figure(rep, N, S, L, Ns, lambda n, g: l_n[float(n)] + sep.step_term(g),
+                      f"L(N, S_min) per size: α_S = {sep.alpha_s:.2f}")
     sizes = ", ".join(f"L_N = {l_n[float(n)]:.3f} at N = {n:.3g}" for n in Ns)
     return [rng + ".", "",
             f"Eq. 1.6 with the N term free per size ({len(Ns)} sizes: too few for α_N, which the ladder's rows "
