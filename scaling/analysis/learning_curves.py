@@ -376,3 +376,25 @@ def bcrit_law(bcrit_record: dict | None) -> Callable | None:
     if not (isinstance(b_star, (int, float)) and isinstance(alpha_b, (int, float)) and b_star > 0 and alpha_b > 0):
         return None
     return lambda loss: b_star / np.asarray(loss, dtype=np.float64) ** (1.0 / alpha_b)
+
+
+def alpha_n_by_bcrit_slope(curves: Sequence[Curve], bcrit_record: dict | None) -> dict | None:
+    """α_N of the converged L(N) with B_crit(L)'s slope at the ends of its 95 % interval.
+
+    S_min = S/(1 + B_crit(L)/B) evaluates B_crit(L) along the ladder's curves, mostly below the losses the batch scan
+    measured it at, so how steeply it is extrapolated moves every rung's L∞, and so α_N, in a way the rung bootstrap
+    does not see. Each refit keeps B_crit at the scan's pivot loss (bcrit.json `pivot`, where the scan pins it) and
+    takes α_B at one end of `ci95.alpha_B`. {alpha_B: α_N} for the two ends, or None without an interval or a pivot."""
+    if not bcrit_record or not bcrit_record.get("pivot") or not (bcrit_record.get("ci95") or {}).get("alpha_B"):
+        return None
+    loss_p, b_p = float(bcrit_record["pivot"]["loss"]), float(bcrit_record["pivot"]["B_crit"])
+    out = {}
+    for alpha_b in bcrit_record["ci95"]["alpha_B"]:
+        if not (isinstance(alpha_b, (int, float)) and alpha_b > 0):
+            return None
+        law = bcrit_law({"B_star": b_p * loss_p ** (1.0 / alpha_b), "alpha_B": float(alpha_b)})
+        sep = fit_separable(curves, b_crit=law)
+        if sep.at_search_bound:
+            return None
+        out[float(alpha_b)] = power_law_fit([c.n_params for c in curves], [sep.l_inf[c.name] for c in curves])[1]
+    return out

@@ -111,18 +111,26 @@ def section_ln_converged(rep: Report) -> list:
                if len(alpha_s_jack) >= 3 else float("nan"))
     alpha_s_ci = [sep.alpha_s - 1.96 * jack_se, sep.alpha_s + 1.96 * jack_se] if math.isfinite(jack_se) else None
     rep.setup["ln_converged"] = dict(fit=sep, curves=curves, alpha_s_ci=alpha_s_ci)
+    by_slope = learning_curves.alpha_n_by_bcrit_slope(curves, _bcrit_record(rep)) if b_crit else None
     rec, predict, notes = rep.power_fit("kaplan_n", "kaplan_n", N, L_inf, "n_params_nonembedding",
                                         extra=dict(loss="L_inf: S -> infinity loss of each rung's learning curve",
                                                    learning_curve_fit=sep.record(),
-                                                   runs=[c.name for c in curves]))
+                                                   runs=[c.name for c in curves],
+                                                   alpha_N_by_bcrit_alpha_B=(
+                                                       {f"{k:.6g}": v for k, v in by_slope.items()}
+                                                       if by_slope else None)))
     a, ci = rec["params"]["alpha_N"], rec["ci95"].get("alpha_N")
     q = rec["quality"]
     last_steps = [float(c.steps.max()) for c in curves]
     steps = value_range(last_steps, ".0f")
     floor, floor_line = _floor_fit(rep, N, L_inf, q, steps=last_steps)
+    slope_text = ("; S_min's B_crit(L) is extrapolated below the scan's losses: with its α_B at the 95 % ends ("
+                  + ", ".join(f"{ab:.3f}" for ab in by_slope) + ", B_crit held at the scan's pivot) α_N is "
+                  + "–".join(f"{v:.4f}" for v in sorted(by_slope.values()))
+                  + ", a systematic beyond the rung bootstrap's interval") if by_slope else ""
     rep.exponent("α_N", "L(N) = (N_c/N)^α_N, converged losses (S → ∞ of each rung's curve)", a, ci, T5["alpha_N"],
                  "Table 5", f"N = {value_range(N)} (paper 7e2–1.5e9); tiny models, 1,024-token vocabulary"
-                 + (f"; {floor['why']}" if floor and floor.get("why") else ""), notes)
+                 + (f"; {floor['why']}" if floor and floor.get("why") else "") + slope_text, notes)
     if floor:
         rep.exponent("α_N (floor)", "L(N) = E + (N_c/N)^α_N, converged losses (irreducible loss E fitted)",
                      floor["params"]["alpha_N"], floor["ci95"].get("alpha_N"), None, "no floor in Kaplan eq 1.1",

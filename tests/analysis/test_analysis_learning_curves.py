@@ -51,6 +51,22 @@ def test_a_fit_that_runs_to_the_edge_of_its_search_says_so():
     assert fit.at_search_bound and fit.record()["at_search_bound"] is True
 
 
+def test_alpha_n_moves_with_b_crits_slope_around_the_true_one():
+    """Curves made with S_min from B_crit(L) = 2e4/L^4 (α_B 0.25): refitted with α_B at 0.2 and 0.3 (B_crit held at
+    the pivot loss) α_N comes out on either side of the true one; no interval or no pivot: None."""
+    b_crit = lambda loss: 2.0e4 / loss ** 4
+    curves = synthetic(NS, lambda n: 2000, b_crit=b_crit)
+    pivot = {"loss": 3.0, "B_crit": float(b_crit(3.0))}
+    record = {"B_star": 2.0e4, "alpha_B": 0.25, "ci95": {"alpha_B": [0.2, 0.3]}, "pivot": pivot}
+    by_slope = lc.alpha_n_by_bcrit_slope(curves, record)
+    assert set(by_slope) == {0.2, 0.3}
+    assert min(by_slope.values()) < ALPHA_N < max(by_slope.values())
+    same = lc.alpha_n_by_bcrit_slope(curves, {**record, "ci95": {"alpha_B": [0.25, 0.25]}})
+    assert list(same.values()) == pytest.approx([ALPHA_N], rel=1e-6)      # the true slope: the true α_N
+    assert lc.alpha_n_by_bcrit_slope(curves, {**record, "pivot": None}) is None
+    assert lc.alpha_n_by_bcrit_slope(curves, {"B_star": 2.0e4, "alpha_B": 0.25, "pivot": pivot}) is None
+
+
 def test_s_min_correction_is_needed_when_the_data_has_it():
     b_crit = lambda loss: 2.0e4 / loss ** 4   # tokens; comparable to the batch at these losses
     curves = synthetic(NS, lambda n: 2000, b_crit=b_crit)

@@ -121,6 +121,18 @@ def test_scale_constants_are_judged_by_the_line_inside_the_data(full):
     assert "inside the data the fit pins B_crit(L = " in b_star
 
 
+def test_alpha_n_row_gives_its_spread_over_b_crits_slope(full):
+    """S_min's B_crit(L) is extrapolated below the scan's losses: the α_N row gives α_N refitted with α_B at the ends
+    of its interval (kaplan_n.json `alpha_N_by_bcrit_alpha_B`, keyed by α_B), the spread the rung bootstrap misses."""
+    root, _, _, text = full
+    by_slope = fit(root, "kaplan_n")["alpha_N_by_bcrit_alpha_B"]
+    bcrit_ci = json.loads((root / "noise" / "bcrit.json").read_text())["ci95"]["alpha_B"]
+    assert sorted(float(k) for k in by_slope) == pytest.approx(sorted(bcrit_ci), rel=1e-5)
+    row = next(ln for ln in section(text, "Exponents").splitlines() if ln.startswith("| α_N |"))
+    assert "a systematic beyond the rung bootstrap's interval" in row
+    assert "–".join(f"{v:.4f}" for v in sorted(by_slope.values())) in row
+
+
 def test_report_prediction_section_states_the_error(full):
     root, rows, _, text = full
     holdout = next(r for r in rows if r["run"] == "holdout_big")
