@@ -20,7 +20,7 @@ import pytest
 from scaling.analysis import bcrit
 from scaling.analysis import report_tables as rt
 from scaling.noise import batch_scan
-from scaling.core import formulas
+from scaling.core import fileio, formulas
 from tests.experiments import reference
 
 RESULTS = "kaplan_cpu_scan_warmup"
@@ -164,3 +164,21 @@ def test_the_full_study_with_this_scan_is_why_the_full_preset_keeps_its_own():
         bent = json.load(f)["quality"]
     assert bent["bend_p"] < 0.05
     assert reference.read_json("kaplan_cpu_full", "fits", "kaplan_n.json")["quality"]["bend_p"] >= 0.05
+
+
+def test_at_cpu_221k_b_crit_sits_above_the_presets_law():
+    """cpu_221k/ (gin/sweeps/kaplan_cpu_scan_221k.gin): the preset's scan at 36x cpu_6k's N. Every target bracketed,
+    and B_crit a median ~1.6x the quick preset's B_crit(L) at equal loss (cpu_98k: 1.4x): over this range of N, B_crit
+    grows with the model at fixed loss, so one B_crit(L) for every rung (the ladder's S_min) is a simplification."""
+    b = reference.read_json(RESULTS, "cpu_221k", "noise", "bcrit.json")
+    assert b["models"] == ["cpu_221k"] and b["bracketed_fraction"] >= 0.8 and b["target_fraction"] == 1.0
+    got = json.loads(json.dumps(fileio.json_safe(batch_scan.fit_scan(   # as written: a bound it cannot give is null
+        reference.scan_runs_from_csv(os.path.join(reference.results_dir(RESULTS), "cpu_221k", "noise")),
+        n_targets=30, n_boot=b["n_boot"], seed=0))))
+    reference.assert_close(got, b)
+    quick = reference.read_json(QUICK, "noise", "bcrit.json")
+    L = np.array([p["target_loss"] for p in b["per_target"]])
+    ratio = np.array([p["B_crit"] for p in b["per_target"]]) / formulas.critical_batch(L, quick["B_star"],
+                                                                                       quick["alpha_B"])
+    assert 1.3 < float(np.median(ratio)) < 2.2
+    assert L.min() < min(p["target_loss"] for p in quick["per_target"])     # it reaches below the preset's scan
