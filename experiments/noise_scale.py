@@ -32,9 +32,9 @@ _WINDOWS = flags.DEFINE_integer("windows", 20, "Token windows for B_simple vs to
 _BLOCK = flags.DEFINE_integer("block", 5, "Block length (metrics lines) of the block bootstrap.")
 _BOOTSTRAP = flags.DEFINE_integer("bootstrap", 500, "Bootstrap replicates (noise bins and the B_crit scan).")
 _TARGETS = flags.DEFINE_integer("targets", 30, "Target losses per model size in the batch scan.")
-_TARGET_FRACTION = flags.DEFINE_float("target_fraction", None, "B_crit(L) targets: the share of the span (in log "
-                                       "loss) every scan run reaches, from its low end (default: all of it, "
-                                       "batch_scan.TARGET_FRACTION; 0.5 is what the results before session 16 used).")
+_TARGET_FRACTION = flags.DEFINE_float("target_fraction", batch_scan.TARGET_FRACTION, "B_crit(L) targets: the share "
+                                       "of the span (in log loss) every scan run reaches, from its low end (1: all "
+                                       "of it; 0.5 is what the results before session 16 used).")
 _SKIP = flags.DEFINE_integer("skip_steps", None, "Steps dropped at the start (default: the run's warmup).")
 _SEED = flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
 _PLOT_RUNS = flags.DEFINE_bool("plot_runs", True, "Draw each run's noise_scale.png (~1 s per run; the numbers are all "
@@ -62,8 +62,7 @@ def main(argv):
         fail(f"unexpected arguments {argv[1:]}")
     opts = Options(bin_frac=_BIN_FRAC.value, windows=_WINDOWS.value, block=_BLOCK.value,
                    bootstrap=_BOOTSTRAP.value, targets=_TARGETS.value, skip_steps=_SKIP.value, seed=_SEED.value,
-                   target_fraction=(batch_scan.TARGET_FRACTION if _TARGET_FRACTION.value is None
-                                    else _TARGET_FRACTION.value),
+                   target_fraction=_TARGET_FRACTION.value,
                    plot_runs=_PLOT_RUNS.value)
     if not 0.0 < opts.target_fraction <= 1.0:
         fail(f"--target_fraction must be in (0, 1] (the share of the scan's loss span to fit), got "

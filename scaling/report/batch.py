@@ -133,13 +133,15 @@ def _lns_per_size(rep: Report, rows, N, S, L, Ns, n_all: int, dropped: set) -> l
             f"steps, α_S = {sep.alpha_s:.3f}), i.e. over these steps the curves are straight in log-log and the "
             "step term cannot be told from the constant; the ladder's learning curves measure α_S (the exponent "
             "table's α_S row)")
-    rng_ = np.random.default_rng(rep.seed)
+    gen = np.random.default_rng(rep.seed)
     by_size = {}
     for name, (n, _) in runs.items():
         by_size.setdefault(n, []).append(name)
+    # One run of a size resamples to itself: with any such size the bootstrap measures nothing (no interval).
+    n_boot = rep.n_boot if min(len(v) for v in by_size.values()) >= 2 else 0
     boot = []
-    for _ in range(rep.n_boot):
-        names = [str(x) for n in sorted(by_size) for x in rng_.choice(by_size[n], len(by_size[n]), replace=True)]
+    for _ in range(n_boot):
+        names = [str(x) for n in sorted(by_size) for x in gen.choice(by_size[n], len(by_size[n]), replace=True)]
         # a resampled size keeps duplicate runs: their points enter twice, as the bootstrap means
         try:
             b = learning_curves.fit_separable(curves_of(names), start_fraction=0.0)
@@ -147,9 +149,8 @@ def _lns_per_size(rep: Report, rows, N, S, L, Ns, n_all: int, dropped: set) -> l
             continue
         if not b.at_search_bound:
             boot.append(b.alpha_s)
-    # One run of a size resamples to itself: with any such size the bootstrap measures nothing (no interval).
-    enough = min(len(v) for v in by_size.values()) >= 2 and len(boot) >= max(10, rep.n_boot // 2)
-    ci = [float(v) for v in np.percentile(boot, [2.5, 97.5])] if enough else None
+    ci = ([float(v) for v in np.percentile(boot, [2.5, 97.5])]
+          if n_boot and len(boot) >= max(10, n_boot // 2) else None)
     l_n = {float(n): sep.l_inf[f"N={n:.6g}"] for n in Ns}
     pred = np.array([l_n[float(n)] for n in N]) + sep.step_term(S)
     q = rt.fit_quality(S, L, pred)

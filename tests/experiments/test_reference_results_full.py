@@ -90,17 +90,13 @@ def test_the_full_presets_noise_flags_reproduce_its_committed_b_crit():
     """`reproduce --preset=full` keeps the scan design its reference was made with (warmup fixed in tokens, B_crit(L)
     over the lower half of the span: --target_fraction=0.5); refitted with those flags from the kept eval curves
     (noise/smin_cmin.csv) the committed bcrit.json comes back (B_simple aside: it needs metrics.jsonl)."""
-    from absl import flags
     from experiments import reproduce
     from tests.experiments.reference import assert_close, scan_runs_from_csv
     from scaling.noise import batch_scan
-    parsed = flags.FlagValues()
-    flags.DEFINE_float("target_fraction", None, "", flag_values=parsed)
-    parsed(["x", *reproduce.PRESET_NOISE_FLAGS["full"]])
-    assert parsed.target_fraction == 0.5 and reproduce.PRESET_NOISE_FLAGS["quick"] == []
+    assert reproduce.PRESET_NOISE_FLAGS == {"quick": [], "full": ["--target_fraction=0.5"]}
     noise = os.path.join(RESULTS, "noise")
     with open(os.path.join(noise, "bcrit.json")) as f:
         want = json.load(f)
     got = json.loads(json.dumps(batch_scan.fit_scan(scan_runs_from_csv(noise), n_targets=30, n_boot=want["n_boot"], seed=0,
-                                                    target_fraction=parsed.target_fraction)))
+                                                    target_fraction=0.5)))
     assert_close(got, {**want, "target_fraction": 0.5})
