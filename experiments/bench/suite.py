@@ -144,6 +144,10 @@ def markdown_table(figures: dict) -> str:
         ("sweep_speedup_vs_subprocess", "sweep wall time, subprocess ÷ in-process", "x", "≥ 2.0×"),
         ("sweep_overhead_fraction", "sweep wall time outside training steps, in-process", "pct", "≤ 10%"),
         ("sweep_overhead_fraction_subprocess", "sweep wall time outside training steps, subprocess", "pct", "–"),
+        ("sweep_utilisation_ceiling", "sweep utilisation with no time outside training steps (the steps' own "
+                                      "ceiling), in-process", "pct", "–"),
+        ("sweep_compile_fraction", "sweep worker time compiling train/eval steps, in-process", "pct", "–"),
+        ("sweep_idle_fraction", "sweep worker time in no run, in-process", "pct", "–"),
         ("sweep_overhead_fraction_runs_over_30s", "run wall time outside training steps, runs ≥ 30 s, in-process",
          "pct", "≤ 10%"),
         ("sweep_speedup_warm_cache_vs_subprocess", "sweep wall time, subprocess ÷ in-process re-run (warm "

@@ -35,6 +35,15 @@ wins), so none measures one of its own. Figures:
                                     one above all, cost a ladder run roughly half as much time as its steps)
   sweep_overhead_fraction_subprocess  the same for the subprocess executor
   sweep_run_overhead_fraction[_subprocess]  1 − Σ train_time_sec ÷ Σ run wall_time_sec (the runs alone)
+  sweep_utilisation_ceiling[_subprocess]  Σ model FLOPs × workers ÷ (Σ train_time_sec × matmul peak): the
+                                    utilisation with no time at all outside training steps (each worker's steps
+                                    against the peak of its share of the cores), so that
+                                    sweep_utilisation = ceiling × (1 − sweep_overhead_fraction): what the steps
+                                    themselves allow, whatever an executor does around them
+  sweep_compile_fraction[_subprocess]  Σ compile_time_sec ÷ (wall × workers): the part of the overhead that is
+                                    compiling the train and eval steps
+  sweep_idle_fraction[_subprocess]  1 − Σ run wall_time_sec ÷ (wall × workers): worker time inside no run
+                                    (process start, imports before a run's clock, the sweep's tail)
   sweep_losses_equal                every run's logged training losses, final eval loss and final parameters
                                     (params_sha256) identical under both executors (and the warm pass)
   sweep_wall_s[_subprocess], sweep_runs, sweep_workers, sweep_model_flops, sweep_peak_flops
@@ -191,9 +200,15 @@ def _figures(measured: dict, peak: float) -> dict:
     run_wall = sum(float(r["summary"]["wall_time_sec"]) for r in runs)
     wall = measured["wall"]
     compile_time = sum(float(r["summary"].get("compile_time_sec") or 0.0) for r in runs)
-    return {"utilisation": flops / (wall * peak), "overhead_fraction": 1.0 - train / (wall * measured["workers"]),
+    workers = measured["workers"]
+    # What the training steps alone allow: the utilisation the sweep would reach with no time outside its steps
+    # (no compile, eval, init, checkpoint or idle worker). Each worker's steps run on 1/workers of the cores, so
+    # their peak is peak / workers; utilisation = this × (1 − overhead_fraction), exactly.
+    step_ceiling = flops * workers / (train * peak)
+    return {"utilisation": flops / (wall * peak), "overhead_fraction": 1.0 - train / (wall * workers),
             "run_overhead_fraction": 1.0 - train / run_wall, "wall_s": wall, "model_flops": flops,
-            "train_time_s": train, "compile_time_s": compile_time}
+            "train_time_s": train, "compile_time_s": compile_time, "utilisation_ceiling": step_ceiling,
+            "compile_fraction": compile_time / (wall * workers), "idle_fraction": 1.0 - run_wall / (wall * workers)}
 
 
 # (pass name, executor): the order they train in. The warm pass follows the cold one it reads the cache of.
@@ -245,6 +260,12 @@ def run(previous: dict | None = None, tiny: bool = False) -> dict:
         "sweep_speedup_vs_subprocess": slow["wall_s"] / fast["wall_s"],
         "sweep_overhead_fraction": fast["overhead_fraction"],
         "sweep_overhead_fraction_subprocess": slow["overhead_fraction"],
+        "sweep_utilisation_ceiling": fast["utilisation_ceiling"],
+        "sweep_utilisation_ceiling_subprocess": slow["utilisation_ceiling"],
+        "sweep_compile_fraction": fast["compile_fraction"],
+        "sweep_compile_fraction_subprocess": slow["compile_fraction"],
+        "sweep_idle_fraction": fast["idle_fraction"],
+        "sweep_idle_fraction_subprocess": slow["idle_fraction"],
         "sweep_run_overhead_fraction": fast["run_overhead_fraction"],
         "sweep_run_overhead_fraction_subprocess": slow["run_overhead_fraction"],
         "sweep_losses_equal": bool(equal),

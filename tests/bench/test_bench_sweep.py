@@ -29,6 +29,13 @@ def test_bench_sweep_schema(tmp_path):
     assert figures["sweep_runs"] == 2 and figures["sweep_workers"] == 1
     assert figures["sweep_utilisation"] < 1 and figures["sweep_overhead_fraction"] < 1
     assert figures["sweep_speedup_vs_subprocess"] == figures["sweep_wall_s_subprocess"] / figures["sweep_wall_s"]
+    # The steps' ceiling: the utilisation is that ceiling times the share of worker time inside training steps.
+    for suffix in ("", "_subprocess"):
+        assert math.isclose(figures[f"sweep_utilisation{suffix}"], figures[f"sweep_utilisation_ceiling{suffix}"]
+                            * (1 - figures[f"sweep_overhead_fraction{suffix}"]), rel_tol=1e-9)
+        assert figures[f"sweep_utilisation_ceiling{suffix}"] > figures[f"sweep_utilisation{suffix}"]
+        assert 0 < figures[f"sweep_compile_fraction{suffix}"] < figures[f"sweep_overhead_fraction{suffix}"]
+        assert 0 <= figures[f"sweep_idle_fraction{suffix}"] < figures[f"sweep_overhead_fraction{suffix}"]
     # The warm pass reads the programs the cold pass wrote: it compiles less, and trains the same runs.
     assert figures["sweep_compile_time_s_warm_cache"] < figures["sweep_compile_time_s"]
     assert figures["sweep_speedup_warm_cache_vs_subprocess"] == (figures["sweep_wall_s_subprocess"]
