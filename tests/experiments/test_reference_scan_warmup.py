@@ -11,6 +11,7 @@ where it matters, and the quick preset's scan since session 16 is this scan's tw
 import csv
 import functools
 import json
+import math
 import os
 import re
 
@@ -182,3 +183,66 @@ def test_at_cpu_221k_b_crit_sits_above_the_presets_law():
                                                                                        quick["alpha_B"])
     assert 1.3 < float(np.median(ratio)) < 2.2
     assert L.min() < min(p["target_loss"] for p in quick["per_target"])     # it reaches below the preset's scan
+
+
+def _full_ladder_curves() -> list:
+    from scaling.analysis import learning_curves
+    full = reference.results_dir("kaplan_cpu_full")
+    return [learning_curves.read_curve(os.path.join(full, "runs", r["run"]), r["run"])
+            for r in reference.read_runs("kaplan_cpu_full") if r["group"] == "ladder"]
+
+
+def _converged_l_of_n(curves: list, law) -> tuple[float, float]:
+    """(α_N, eq 1.1's bend p) of the full ladder's converged losses with S_min from ``law`` (the report's fit)."""
+    from scaling.analysis import learning_curves
+    sep = learning_curves.fit_separable(curves, b_crit=law)
+    assert not sep.at_search_bound
+    n = np.array([c.n_params for c in curves])
+    l_inf = np.array([sep.l_inf[c.name] for c in curves])
+    n_c, alpha_n = learning_curves.power_law_fit(n, l_inf)
+    return alpha_n, rt.fit_quality(n, l_inf, (n_c / n) ** alpha_n)["bend_p"]
+
+
+def test_on_the_full_corpus_b_crit_measured_at_the_ladders_losses():
+    """full_221k/ (gin/sweeps/kaplan_cpu_full_scan_221k.gin): the 12-step scan at cpu_221k on the full book corpus,
+    trained until every batch (4 ... 128 sequences) reaches ~3.95 nats, 0.75 below the full preset's lowest target and
+    within the full ladder's learning curves. Every target bracketed; B_crit a median ~1.85x the full preset's
+    B_crit(L) at equal loss. Used for S_min on the committed full ladder (full_ladder/: the report's kaplan_n.json and
+    the prediction, made with the held-out rung aside), α_N moves +3 % and the spread from B_crit's slope (its α_B at
+    the 95 % ends) narrows ~4x, the prediction stays inside its interval; eq 1.1 then bends marginally (p 0.04).
+    Pooling the preset's sizes with this one into one B_crit(L) bends L(N) hard: B_crit depends on N."""
+    from scaling.analysis import learning_curves
+    d = os.path.join(reference.results_dir(RESULTS), "full_221k")
+    b = reference.read_json(RESULTS, "full_221k", "noise", "bcrit.json")
+    assert b["models"] == ["cpu_221k"] and b["bracketed_fraction"] == 1.0 and b["target_fraction"] == 1.0
+    got = json.loads(json.dumps(fileio.json_safe(batch_scan.fit_scan(
+        reference.scan_runs_from_csv(os.path.join(d, "noise")), n_targets=30, n_boot=b["n_boot"], seed=0))))
+    reference.assert_close(got, b)
+    preset = reference.read_json("kaplan_cpu_full", "noise", "bcrit.json")
+    L = np.array([p["target_loss"] for p in b["per_target"]])
+    assert L.min() < 4.0 and L.min() < min(p["target_loss"] for p in preset["per_target"]) - 0.5
+    ratio = np.array([p["B_crit"] for p in b["per_target"]]) / formulas.critical_batch(L, preset["B_star"],
+                                                                                        preset["alpha_B"])
+    assert 1.5 < float(np.median(ratio)) < 2.3
+    # The full ladder's converged L(N) with this B_crit(L): recomputed from the committed eval curves.
+    curves = _full_ladder_curves()
+    assert len(curves) == 12
+    alpha_n, bend_p = _converged_l_of_n(curves, learning_curves.bcrit_law(b))
+    with open(os.path.join(d, "full_ladder", "kaplan_n.json")) as f:
+        kept = json.load(f)
+    assert math.isclose(alpha_n, kept["params"]["alpha_N"], rel_tol=2e-3)
+    committed = reference.read_json("kaplan_cpu_full", "fits", "kaplan_n.json")
+    assert 1.0 < alpha_n / committed["params"]["alpha_N"] < 1.06
+    assert 0.01 < bend_p < 0.05 and 0.01 < kept["quality"]["bend_p"] < 0.05
+    spread = lambda fit: np.ptp(list(fit["alpha_N_by_bcrit_alpha_B"].values()))   # noqa: E731
+    assert spread(kept) < 0.35 * spread(committed)
+    with open(os.path.join(d, "full_ladder", "prediction.json")) as f:
+        p = json.load(f)
+    measured = float(next(r for r in reference.read_runs("kaplan_cpu_full") if r["run"] == p["target_run"])[p["measure"]])
+    assert p["loss_pred_lo"] <= measured <= p["loss_pred_hi"] and abs(measured / p["loss_pred"] - 1) < 0.01
+    # One B_crit(L) through this size's and the preset's 12-step sizes' points together: L(N) bends (p << 0.05).
+    pts = [(t["target_loss"], t["B_crit"]) for src in (b, reference.read_json(RESULTS, "full_12step", "bcrit.json"))
+           for t in src["per_target"] if t["bracketed"] and t["B_crit"] > 0]
+    slope, intercept = np.polyfit(-np.log([x for x, _ in pts]), np.log([y for _, y in pts]), 1)
+    pooled = lambda loss: np.exp(intercept) / np.asarray(loss) ** slope   # noqa: E731
+    assert _converged_l_of_n(curves, pooled)[1] < 1e-3
