@@ -185,15 +185,16 @@ def test_at_cpu_221k_b_crit_sits_above_the_presets_law():
     assert L.min() < min(p["target_loss"] for p in quick["per_target"])     # it reaches below the preset's scan
 
 
-def _full_ladder_curves() -> list:
+def _ladder_curves(study: str) -> list:
+    """The committed ladder learning curves of ``study`` (kaplan_cpu_quick or kaplan_cpu_full)."""
     from scaling.analysis import learning_curves
-    full = reference.results_dir("kaplan_cpu_full")
-    return [learning_curves.read_curve(os.path.join(full, "runs", r["run"]), r["run"])
-            for r in reference.read_runs("kaplan_cpu_full") if r["group"] == "ladder"]
+    root = reference.results_dir(study)
+    return [learning_curves.read_curve(os.path.join(root, "runs", r["run"]), r["run"])
+            for r in reference.read_runs(study) if r["group"] == "ladder"]
 
 
 def _converged_l_of_n(curves: list, law) -> tuple[float, float]:
-    """(α_N, eq 1.1's bend p) of the full ladder's converged losses with S_min from ``law`` (the report's fit)."""
+    """(α_N, eq 1.1's bend p) of a ladder's converged losses with S_min from ``law`` (the report's fit)."""
     from scaling.analysis import learning_curves
     sep = learning_curves.fit_separable(curves, b_crit=law)
     assert not sep.at_search_bound
@@ -225,7 +226,7 @@ def test_on_the_full_corpus_b_crit_measured_at_the_ladders_losses():
                                                                                         preset["alpha_B"])
     assert 1.5 < float(np.median(ratio)) < 2.3
     # The full ladder's converged L(N) with this B_crit(L): recomputed from the committed eval curves.
-    curves = _full_ladder_curves()
+    curves = _ladder_curves("kaplan_cpu_full")
     assert len(curves) == 12
     alpha_n, bend_p = _converged_l_of_n(curves, learning_curves.bcrit_law(b))
     with open(os.path.join(d, "full_ladder", "kaplan_n.json")) as f:
@@ -241,8 +242,49 @@ def test_on_the_full_corpus_b_crit_measured_at_the_ladders_losses():
     measured = float(next(r for r in reference.read_runs("kaplan_cpu_full") if r["run"] == p["target_run"])[p["measure"]])
     assert p["loss_pred_lo"] <= measured <= p["loss_pred_hi"] and abs(measured / p["loss_pred"] - 1) < 0.01
     # One B_crit(L) through this size's and the preset's 12-step sizes' points together: L(N) bends (p << 0.05).
-    pts = [(t["target_loss"], t["B_crit"]) for src in (b, reference.read_json(RESULTS, "full_12step", "bcrit.json"))
-           for t in src["per_target"] if t["bracketed"] and t["B_crit"] > 0]
-    slope, intercept = np.polyfit(-np.log([x for x, _ in pts]), np.log([y for _, y in pts]), 1)
-    pooled = lambda loss: np.exp(intercept) / np.asarray(loss) ** slope   # noqa: E731
+    pooled = _pooled_law(b, reference.read_json(RESULTS, "full_12step", "bcrit.json"))
     assert _converged_l_of_n(curves, pooled)[1] < 1e-3
+
+
+def _pooled_law(*records):
+    """One B_crit(L) = B*/L^(1/α_B) through every bracketed target of ``records`` (least squares in log-log)."""
+    pts = [(t["target_loss"], t["B_crit"]) for src in records for t in src["per_target"] if t["bracketed"] and t["B_crit"] > 0]
+    slope, intercept = np.polyfit(-np.log([x for x, _ in pts]), np.log([y for _, y in pts]), 1)
+    return lambda loss: np.exp(intercept) / np.asarray(loss) ** slope
+
+
+def test_on_the_quick_corpus_b_crit_measured_at_the_ladders_losses():
+    """quick_221k_long/ (gin/sweeps/kaplan_cpu_scan_221k_long.gin): cpu_221k/'s scan trained until every batch reaches
+    ~4.07 nats (cpu_221k/ stopped at 4.60), where the quick ladder's large rungs end. Every target bracketed; B_crit a
+    median ~1.6x the quick preset's B_crit(L) at equal loss. Used for S_min on the committed quick ladder
+    (quick_ladder/), α_N 0.0469 -> 0.0505 with no bend (the short cpu_221k/ scan's law bent it, p 0.04), the held-out
+    prediction closer (+0.11 % against +0.46 %) and inside; pooling with the preset's sizes bends L(N)."""
+    from scaling.analysis import learning_curves
+    d = os.path.join(reference.results_dir(RESULTS), "quick_221k_long")
+    b = reference.read_json(RESULTS, "quick_221k_long", "noise", "bcrit.json")
+    assert b["models"] == ["cpu_221k"] and b["bracketed_fraction"] == 1.0 and b["target_fraction"] == 1.0
+    got = json.loads(json.dumps(fileio.json_safe(batch_scan.fit_scan(
+        reference.scan_runs_from_csv(os.path.join(d, "noise")), n_targets=30, n_boot=b["n_boot"], seed=0))))
+    reference.assert_close(got, b)
+    quick = reference.read_json(QUICK, "noise", "bcrit.json")
+    short = reference.read_json(RESULTS, "cpu_221k", "noise", "bcrit.json")
+    L = np.array([p["target_loss"] for p in b["per_target"]])
+    assert L.min() < 4.1 and L.min() < min(p["target_loss"] for p in short["per_target"]) - 0.4
+    ratio = np.array([p["B_crit"] for p in b["per_target"]]) / formulas.critical_batch(L, quick["B_star"],
+                                                                                        quick["alpha_B"])
+    assert 1.3 < float(np.median(ratio)) < 2.2
+    curves = _ladder_curves(QUICK)
+    alpha_n, bend_p = _converged_l_of_n(curves, learning_curves.bcrit_law(b))
+    with open(os.path.join(d, "quick_ladder", "kaplan_n.json")) as f:
+        kept = json.load(f)
+    assert math.isclose(alpha_n, kept["params"]["alpha_N"], rel_tol=2e-3) and bend_p >= 0.05
+    committed = reference.read_json(QUICK, "fits", "kaplan_n.json")
+    assert 1.03 < alpha_n / committed["params"]["alpha_N"] < 1.15
+    assert _converged_l_of_n(curves, learning_curves.bcrit_law(short))[1] < 0.05     # the short scan's law bends it
+    with open(os.path.join(d, "quick_ladder", "prediction.json")) as f:
+        p = json.load(f)
+    measured = float(next(r for r in reference.read_runs(QUICK) if r["run"] == p["target_run"])[p["measure"]])
+    committed_p = reference.read_json(QUICK, "prediction.json")
+    assert p["loss_pred_lo"] <= measured <= p["loss_pred_hi"]
+    assert abs(measured / p["loss_pred"] - 1) < abs(measured / committed_p["loss_pred"] - 1) < 0.01
+    assert _converged_l_of_n(curves, _pooled_law(b, quick))[1] < 0.05
