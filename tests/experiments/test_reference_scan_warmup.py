@@ -167,16 +167,24 @@ def test_the_full_study_with_this_scan_is_why_the_full_preset_keeps_its_own():
     assert reference.read_json("kaplan_cpu_full", "fits", "kaplan_n.json")["quality"]["bend_p"] >= 0.05
 
 
+def _cpu_221k_scan(folder: str) -> tuple[str, dict]:
+    """(folder's path, its noise/bcrit.json) for a committed one-size scan at cpu_221k: every target bracketed, over
+    every loss each run reaches, and the file refitted from its smin_cmin.csv as the noise stage wrote it (a bound it
+    cannot give is null)."""
+    d = os.path.join(reference.results_dir(RESULTS), folder)
+    b = reference.read_json(RESULTS, folder, "noise", "bcrit.json")
+    assert b["models"] == ["cpu_221k"] and b["bracketed_fraction"] == 1.0 and b["target_fraction"] == 1.0
+    got = json.loads(json.dumps(fileio.json_safe(batch_scan.fit_scan(
+        reference.scan_runs_from_csv(os.path.join(d, "noise")), n_targets=30, n_boot=b["n_boot"], seed=0))))
+    reference.assert_close(got, b)
+    return d, b
+
+
 def test_at_cpu_221k_b_crit_sits_above_the_presets_law():
     """cpu_221k/ (gin/sweeps/kaplan_cpu_scan_221k.gin): the preset's scan at 36x cpu_6k's N. Every target bracketed,
     and B_crit a median ~1.6x the quick preset's B_crit(L) at equal loss (cpu_98k: 1.4x): over this range of N, B_crit
     grows with the model at fixed loss, so one B_crit(L) for every rung (the ladder's S_min) is a simplification."""
-    b = reference.read_json(RESULTS, "cpu_221k", "noise", "bcrit.json")
-    assert b["models"] == ["cpu_221k"] and b["bracketed_fraction"] >= 0.8 and b["target_fraction"] == 1.0
-    got = json.loads(json.dumps(fileio.json_safe(batch_scan.fit_scan(   # as written: a bound it cannot give is null
-        reference.scan_runs_from_csv(os.path.join(reference.results_dir(RESULTS), "cpu_221k", "noise")),
-        n_targets=30, n_boot=b["n_boot"], seed=0))))
-    reference.assert_close(got, b)
+    _, b = _cpu_221k_scan("cpu_221k")
     quick = reference.read_json(QUICK, "noise", "bcrit.json")
     L = np.array([p["target_loss"] for p in b["per_target"]])
     ratio = np.array([p["B_crit"] for p in b["per_target"]]) / formulas.critical_batch(L, quick["B_star"],
@@ -213,12 +221,7 @@ def test_on_the_full_corpus_b_crit_measured_at_the_ladders_losses():
     the 95 % ends) narrows ~4x, the prediction stays inside its interval; eq 1.1 then bends marginally (p 0.04).
     Pooling the preset's sizes with this one into one B_crit(L) bends L(N) hard: B_crit depends on N."""
     from scaling.analysis import learning_curves
-    d = os.path.join(reference.results_dir(RESULTS), "full_221k")
-    b = reference.read_json(RESULTS, "full_221k", "noise", "bcrit.json")
-    assert b["models"] == ["cpu_221k"] and b["bracketed_fraction"] == 1.0 and b["target_fraction"] == 1.0
-    got = json.loads(json.dumps(fileio.json_safe(batch_scan.fit_scan(
-        reference.scan_runs_from_csv(os.path.join(d, "noise")), n_targets=30, n_boot=b["n_boot"], seed=0))))
-    reference.assert_close(got, b)
+    d, b = _cpu_221k_scan("full_221k")
     preset = reference.read_json("kaplan_cpu_full", "noise", "bcrit.json")
     L = np.array([p["target_loss"] for p in b["per_target"]])
     assert L.min() < 4.0 and L.min() < min(p["target_loss"] for p in preset["per_target"]) - 0.5
@@ -260,12 +263,7 @@ def test_on_the_quick_corpus_b_crit_measured_at_the_ladders_losses():
     (quick_ladder/), α_N 0.0469 -> 0.0505 with no bend (the short cpu_221k/ scan's law bent it, p 0.04), the held-out
     prediction closer (+0.11 % against +0.46 %) and inside; pooling with the preset's sizes bends L(N)."""
     from scaling.analysis import learning_curves
-    d = os.path.join(reference.results_dir(RESULTS), "quick_221k_long")
-    b = reference.read_json(RESULTS, "quick_221k_long", "noise", "bcrit.json")
-    assert b["models"] == ["cpu_221k"] and b["bracketed_fraction"] == 1.0 and b["target_fraction"] == 1.0
-    got = json.loads(json.dumps(fileio.json_safe(batch_scan.fit_scan(
-        reference.scan_runs_from_csv(os.path.join(d, "noise")), n_targets=30, n_boot=b["n_boot"], seed=0))))
-    reference.assert_close(got, b)
+    d, b = _cpu_221k_scan("quick_221k_long")
     quick = reference.read_json(QUICK, "noise", "bcrit.json")
     short = reference.read_json(RESULTS, "cpu_221k", "noise", "bcrit.json")
     L = np.array([p["target_loss"] for p in b["per_target"]])
