@@ -7,6 +7,8 @@ highest target); without it the preset's two sizes share one power law B_crit(L)
 (the old targets) and over all of it (the preset's targets since session 16), each size alone has the same
 exponent, cpu_98k's B_crit sits above the small sizes' at equal loss, the report's α_B row names the warmup only
 where it matters, and the quick preset's scan since session 16 is this scan's two small sizes, run for run.
+The cpu_221k scans (cpu_221k/, and full_221k/ and quick_221k_long/ trained down to the ladders' own losses) pin
+B_crit's size dependence and what measuring it at the ladders' losses does to their converged L(N).
 """
 import csv
 import functools
@@ -18,7 +20,7 @@ import re
 import numpy as np
 import pytest
 
-from scaling.analysis import bcrit
+from scaling.analysis import bcrit, learning_curves
 from scaling.analysis import report_tables as rt
 from scaling.noise import batch_scan
 from scaling.core import fileio, formulas
@@ -195,7 +197,6 @@ def test_at_cpu_221k_b_crit_sits_above_the_presets_law():
 
 def _ladder_curves(study: str) -> list:
     """The committed ladder learning curves of ``study`` (kaplan_cpu_quick or kaplan_cpu_full)."""
-    from scaling.analysis import learning_curves
     root = reference.results_dir(study)
     return [learning_curves.read_curve(os.path.join(root, "runs", r["run"]), r["run"])
             for r in reference.read_runs(study) if r["group"] == "ladder"]
@@ -203,13 +204,19 @@ def _ladder_curves(study: str) -> list:
 
 def _converged_l_of_n(curves: list, law) -> tuple[float, float]:
     """(α_N, eq 1.1's bend p) of a ladder's converged losses with S_min from ``law`` (the report's fit)."""
-    from scaling.analysis import learning_curves
     sep = learning_curves.fit_separable(curves, b_crit=law)
     assert not sep.at_search_bound
     n = np.array([c.n_params for c in curves])
     l_inf = np.array([sep.l_inf[c.name] for c in curves])
     n_c, alpha_n = learning_curves.power_law_fit(n, l_inf)
     return alpha_n, rt.fit_quality(n, l_inf, (n_c / n) ** alpha_n)["bend_p"]
+
+
+def _pooled_law(*records):
+    """One B_crit(L) = B*/L^(1/α_B) through every bracketed target of ``records`` (least squares in log-log)."""
+    pts = [(t["target_loss"], t["B_crit"]) for src in records for t in src["per_target"] if t["bracketed"] and t["B_crit"] > 0]
+    slope, intercept = np.polyfit(-np.log([x for x, _ in pts]), np.log([y for _, y in pts]), 1)
+    return lambda loss: np.exp(intercept) / np.asarray(loss) ** slope
 
 
 def test_on_the_full_corpus_b_crit_measured_at_the_ladders_losses():
@@ -220,7 +227,6 @@ def test_on_the_full_corpus_b_crit_measured_at_the_ladders_losses():
     the prediction, made with the held-out rung aside), α_N moves +3 % and the spread from B_crit's slope (its α_B at
     the 95 % ends) narrows ~4x, the prediction stays inside its interval; eq 1.1 then bends marginally (p 0.04).
     Pooling the preset's sizes with this one into one B_crit(L) bends L(N) hard: B_crit depends on N."""
-    from scaling.analysis import learning_curves
     d, b = _cpu_221k_scan("full_221k")
     preset = reference.read_json("kaplan_cpu_full", "noise", "bcrit.json")
     L = np.array([p["target_loss"] for p in b["per_target"]])
@@ -249,20 +255,12 @@ def test_on_the_full_corpus_b_crit_measured_at_the_ladders_losses():
     assert _converged_l_of_n(curves, pooled)[1] < 1e-3
 
 
-def _pooled_law(*records):
-    """One B_crit(L) = B*/L^(1/α_B) through every bracketed target of ``records`` (least squares in log-log)."""
-    pts = [(t["target_loss"], t["B_crit"]) for src in records for t in src["per_target"] if t["bracketed"] and t["B_crit"] > 0]
-    slope, intercept = np.polyfit(-np.log([x for x, _ in pts]), np.log([y for _, y in pts]), 1)
-    return lambda loss: np.exp(intercept) / np.asarray(loss) ** slope
-
-
 def test_on_the_quick_corpus_b_crit_measured_at_the_ladders_losses():
     """quick_221k_long/ (gin/sweeps/kaplan_cpu_scan_221k_long.gin): cpu_221k/'s scan trained until every batch reaches
     ~4.07 nats (cpu_221k/ stopped at 4.60), where the quick ladder's large rungs end. Every target bracketed; B_crit a
     median ~1.6x the quick preset's B_crit(L) at equal loss. Used for S_min on the committed quick ladder
     (quick_ladder/), α_N 0.0469 -> 0.0505 with no bend (the short cpu_221k/ scan's law bent it, p 0.04), the held-out
     prediction closer (+0.11 % against +0.46 %) and inside; pooling with the preset's sizes bends L(N)."""
-    from scaling.analysis import learning_curves
     d, b = _cpu_221k_scan("quick_221k_long")
     quick = reference.read_json(QUICK, "noise", "bcrit.json")
     short = reference.read_json(RESULTS, "cpu_221k", "noise", "bcrit.json")
